@@ -1,3 +1,3 @@
-"""TradePulse: a real-time market-data pipeline (sources → log → validate → process → store → serve)."""
+"""TradePulse: real-time market data (sources → log → validate → process → store → serve)."""
 
 __version__ = "0.1.0"

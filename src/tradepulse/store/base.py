@@ -59,3 +59,42 @@ class ColdStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedTable:
+    """A table written by a processing stage, declared once by that stage.
+
+    `mode` says what a second write with the same key does: "ignore" keeps the first copy
+    (append-only facts such as anomalies), "replace" keeps the last (bars re-emitted by late
+    trades), "newer" keeps the row whose `order_by` columns compare greater (latest-per-ticker).
+    Column types are SQLite/DuckDB affinities: INTEGER, REAL, TEXT (JSON for nested values).
+    """
+
+    name: str
+    columns: Mapping[str, str]
+    key: tuple[str, ...]
+    mode: str = "ignore"
+    order_by: tuple[str, ...] = ()
+    time_column: str | None = None  # event-time ns column used for hot retention and `since`
+    cold: bool = False  # also flushed to the cold store under <name>/date=/ticker=/
+
+
+class HotReader(Protocol):
+    """What the API and the query layer read from any hot store."""
+
+    def latest_trade(self, ticker: str) -> dict[str, Any] | None: ...
+
+    def latest_quote(self, ticker: str) -> dict[str, Any] | None: ...
+
+    def known_tickers(self) -> list[str]: ...
+
+    def latest_row(self, table: str, ticker: str) -> dict[str, Any] | None:
+        """Newest row of a derived table for `ticker` (by its time column)."""
+        ...
+
+    def rows_since(
+        self, table: str, ticker: str, since_ns: int, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Rows of a derived table for `ticker` with time >= since_ns, newest first."""
+        ...

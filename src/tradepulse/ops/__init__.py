@@ -1,0 +1,1 @@
+"""Operations: metrics, health, backpressure, and the real local servers (`tradepulse stack`)."""
