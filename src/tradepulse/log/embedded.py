@@ -1,0 +1,76 @@
+"""The embedded log: a bounded in-process queue of raw frames.
+
+Bounded on purpose: when processing falls behind, `put` waits, the WebSocket reader stops
+reading, and TCP flow control pushes back on the sender instead of memory growing without limit.
+Durability on this backend comes from the hot store: a frame's events are durable once the batch
+that holds them is committed, together with the source positions it advanced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from tradepulse.validate import Decoded
+
+
+@dataclass(slots=True)
+class Frame:
+    """A raw frame as received (to be decoded by the processor) or already-decoded events."""
+
+    recv_ts: int
+    raw: bytes | str | None = None
+    decoded: Decoded | None = None
+    source: str = "polygon-ws"
+    position: tuple[str, str] | None = None  # (key, value) committed with the batch
+
+
+Item = Frame | tuple[int, bytes | str]
+
+
+def _as_frame(item: Item) -> Frame:
+    if isinstance(item, Frame):
+        return item
+    return Frame(recv_ts=item[0], raw=item[1])
+
+
+class EmbeddedLog:
+    """`queue` is handed to the WebSocket client, which puts `(recv_ts_ns, raw)` tuples on it;
+    other sources (replay, backfill) put `Frame`s with already-decoded events."""
+
+    def __init__(self, max_frames: int) -> None:
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_frames)
+
+    async def put(self, frame: Frame) -> None:
+        await self.queue.put(frame)
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def take(self, max_frames: int, max_wait_s: float) -> list[Frame]:
+        """Wait for one frame, then gather more for up to `max_wait_s` (a micro-batch)."""
+        out = [_as_frame(await self.queue.get())]
+        deadline = time.monotonic() + max_wait_s
+        while len(out) < max_frames:
+            try:
+                out.append(_as_frame(self.queue.get_nowait()))
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                out.append(_as_frame(await asyncio.wait_for(self.queue.get(), remaining)))
+            except TimeoutError:
+                break
+        return out
+
+    def drain_nowait(self) -> list[Frame]:
+        out: list[Frame] = []
+        while True:
+            try:
+                out.append(_as_frame(self.queue.get_nowait()))
+            except asyncio.QueueEmpty:
+                return out

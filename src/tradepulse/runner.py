@@ -1,0 +1,230 @@
+"""`tradepulse run` on the embedded backend: every stage in one process, wired in one place.
+
+    simulator (or Polygon) ──WS──▶ PolygonWSClient ──▶ EmbeddedLog (bounded)
+        ──▶ Processor (decode, validate, features, anomalies, news join)
+        ──▶ writer (SQLite hot store, one transaction per batch) ──▶ cold flusher (Parquet)
+    FastAPI app + dashboard on the same event loop, reading the hot store.
+
+Shutdown order matters for exactness: stop the simulator (it sends everything it generated,
+then closes), let the client read to the close, then drain the log, the processor and the
+writer, flush the cold store, and only then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tradepulse.config import Settings
+from tradepulse.log.embedded import EmbeddedLog, Frame
+from tradepulse.market_time import NS_PER_S, now_ns
+from tradepulse.ops import metrics
+from tradepulse.process.pipeline import Processor
+from tradepulse.store.base import StoreBatch, WriteResult
+
+log = logging.getLogger("tradepulse.run")
+
+_STOP = Frame(recv_ts=-1)  # sentinel: the log is closed, drain and finish
+
+
+@dataclass
+class RunStats:
+    started: float = field(default_factory=time.monotonic)
+    trades_stored: int = 0
+    trades_duplicate: int = 0
+    quotes_stored: int = 0
+    dead_letters: int = 0
+    events_in_flight: int = 0
+    batches: int = 0
+    last_write_s: float = 0.0
+    events_per_frame: float = 1.0
+
+    def lag(self, queued_frames: int) -> int:
+        return int(self.events_in_flight + queued_frames * self.events_per_frame)
+
+
+class Backpressure:
+    """A typed signal from the writer to the reader: store writes got slow, pause consumption.
+
+    When a batch write takes longer than `threshold_s`, consumption pauses for `pause_s`; the
+    bounded log then fills and the WebSocket reader stops reading, which pushes back over TCP.
+    """
+
+    def __init__(self, threshold_s: float, pause_s: float) -> None:
+        self.threshold_s = threshold_s
+        self.pause_s = pause_s
+        self.pause_until = 0.0
+
+    def observe(self, write_latency_s: float) -> None:
+        if write_latency_s > self.threshold_s:
+            self.pause_until = time.monotonic() + self.pause_s
+            metrics.BACKPRESSURE_PAUSES.inc()
+
+    async def wait(self) -> None:
+        delay = self.pause_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Pipeline:
+    """Log → processor → writer, shared by live runs and replay."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        write: Callable[[StoreBatch], WriteResult],
+        *,
+        on_written: Callable[[StoreBatch, WriteResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.log = EmbeddedLog(settings.ws_queue_frames)
+        self._write = write
+        self._on_written = on_written
+        self._write_q: asyncio.Queue[StoreBatch | None] = asyncio.Queue(maxsize=2)
+        self.stats = RunStats()
+        self.backpressure = Backpressure(
+            settings.backpressure_latency_ms / 1000, settings.backpressure_pause_ms / 1000
+        )
+
+    def lag(self) -> int:
+        return self.stats.lag(self.log.depth())
+
+    async def close_log(self) -> None:
+        await self.log.put(_STOP)
+
+    async def process_loop(self) -> None:
+        max_frames = max(1, self.settings.batch_max_events // 8)
+        wait_s = self.settings.batch_max_ms / 1000
+        done = False
+        while not done:
+            await self.backpressure.wait()
+            frames = await self.log.take(max_frames, wait_s)
+            if any(f is _STOP for f in frames):
+                done = True
+                frames = [f for f in frames if f is not _STOP] + self.log.drain_nowait()
+                frames = [f for f in frames if f is not _STOP]
+            if not frames:
+                continue
+            batch = self.processor.process(frames, now_ns())
+            n = len(batch)
+            if n:
+                self.stats.events_per_frame = 0.9 * self.stats.events_per_frame + 0.1 * (
+                    n / len(frames)
+                )
+            self.stats.events_in_flight += n
+            await self._write_q.put(batch)
+            # Yield so the socket reader and the API get the loop between CPU-bound batches.
+            await asyncio.sleep(0)
+        await self._write_q.put(None)
+
+    async def write_loop(self) -> None:
+        while (batch := await self._write_q.get()) is not None:
+            result = await asyncio.to_thread(self._write, batch)
+            done_ns = now_ns()
+            self._account(batch, result, done_ns)
+            self.backpressure.observe(result.latency_s)
+            if self._on_written is not None:
+                self._on_written(batch, result)
+
+    def _account(self, batch: StoreBatch, result: WriteResult, done_ns: int) -> None:
+        s = self.stats
+        s.events_in_flight -= len(batch)
+        s.trades_stored += result.trades_inserted
+        s.trades_duplicate += result.trades_duplicate
+        s.quotes_stored += result.quotes_inserted
+        s.dead_letters += result.dead_letters
+        s.batches += 1
+        s.last_write_s = result.latency_s
+        metrics.STORE_WRITE.labels("hot").observe(result.latency_s)
+        metrics.EVENTS.labels("stored", "trade").inc(result.trades_inserted)
+        metrics.EVENTS.labels("stored", "quote").inc(result.quotes_inserted)
+        if result.trades_duplicate:
+            metrics.EVENTS.labels("duplicate", "trade").inc(result.trades_duplicate)
+        metrics.LAG.set(self.lag())
+        _observe_latency(batch, done_ns)
+
+
+def _observe_latency(batch: StoreBatch, done_ns: int, samples: int = 64) -> None:
+    """Feed the e2e histogram an even sample of the batch (observing every event costs ~1 µs)."""
+    events: list[Any] = [*batch.trades, *batch.quotes]
+    if not events:
+        return
+    step = max(1, len(events) // samples)
+    for ev in events[::step]:
+        metrics.E2E_LATENCY.observe(max(0, done_ns - ev.ingest_ts) / NS_PER_S)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def status_loop(
+    pipeline: Pipeline, interval_s: float, stop: asyncio.Event, out: Callable[[str], None]
+) -> None:
+    last_t = time.monotonic()
+    last_n = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        s = pipeline.stats
+        now = time.monotonic()
+        n = s.trades_stored + s.quotes_stored
+        rate = (n - last_n) / max(now - last_t, 1e-9)
+        last_t, last_n = now, n
+        out(
+            f"[tradepulse] {rate:,.0f} ev/s | lag {pipeline.lag():,} | stored "
+            f"{s.trades_stored:,} trades, {s.quotes_stored:,} quotes | DLQ {s.dead_letters:,}"
+            f" | last write {s.last_write_s * 1000:.1f} ms"
+        )
+
+
+def echo_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run_until(stop: asyncio.Event, duration_s: float | None) -> None:
+    if duration_s is None:
+        await stop.wait()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration_s)
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+def data_paths(settings: Settings) -> dict[str, Path]:
+    root = settings.data_dir
+    return {
+        "root": root,
+        "hot": root / "hot.sqlite3",
+        "cold": root / "cold",
+        "truth": root / "truth",
+        "news_seen": root / "news_seen.json",
+    }
+
+
+async def periodic(interval_s: float, stop: asyncio.Event, fn: Callable[[], Awaitable[None]]) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if not stop.is_set():
+            await fn()
