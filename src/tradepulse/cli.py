@@ -1,8 +1,14 @@
-"""The `tradepulse` command."""
+"""The `tradepulse` command: one entry point for every stage.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (invalid configuration or arguments).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,14 +21,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (TRADEPULSE_DATA_DIR).")
+]
+Tickers = Annotated[str | None, typer.Option("--tickers", help="Comma-separated symbols.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"tradepulse: {message}", err=True)
+    return typer.Exit(code=code)
+
 
 def settings_or_exit(**overrides: object) -> Settings:
     """Load settings; on a bad value print one clear message and exit 2."""
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
-        typer.echo(f"tradepulse: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -31,6 +46,95 @@ def config() -> None:
     settings = settings_or_exit()
     for name, value in settings.model_dump().items():
         typer.echo(f"{name} = {value}")
+
+
+@app.command()
+def run(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after S seconds (default: until Ctrl-C).", min=0.1)
+    ] = None,
+    data_dir: DataDir = None,
+    port: Annotated[int | None, typer.Option(help="API/dashboard port.")] = None,
+    rate: Annotated[
+        float, typer.Option(help="Simulator events/s (trades + quotes).", min=1)
+    ] = 2000.0,
+    tickers: Tickers = None,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    bad_rate: Annotated[
+        float, typer.Option(help="Share of malformed simulator events.", min=0, max=1)
+    ] = 0.0,
+    profile: Annotated[
+        str, typer.Option(help="Simulator profile: flat|intraday|market-open.")
+    ] = "intraday",
+    no_api: Annotated[
+        bool, typer.Option("--no-api", help="Do not serve the API/dashboard.")
+    ] = False,
+    backend: Annotated[str | None, typer.Option(help="embedded|cluster.")] = None,
+) -> None:
+    """Run the whole pipeline (simulator unless POLYGON_API_KEY is set) with API and dashboard."""
+    settings = settings_or_exit(data_dir=data_dir, port=port, tickers=tickers, backend=backend)
+    if profile not in {"flat", "intraday", "market-open"}:
+        raise fail(f"--profile must be flat, intraday or market-open (got {profile!r})")
+    from tradepulse.runner import run_embedded
+    from tradepulse.sim import SimConfig
+    from tradepulse.sources.polygon_ws import AuthError
+
+    sim_cfg = SimConfig(
+        tickers=list(settings.tickers),
+        rate=rate,
+        seed=seed,
+        bad_rate=bad_rate,
+        profile=profile,  # type: ignore[arg-type]
+        truth_dir=settings.data_dir / "truth",
+    )
+    try:
+        summary = asyncio.run(
+            run_embedded(settings, sim_config=sim_cfg, duration_s=duration, serve_api=not no_api)
+        )
+    except AuthError as exc:
+        raise fail(f"authentication failed: {exc}", code=2) from None
+    except OSError as exc:
+        raise fail(f"{exc}", code=1) from None
+    typer.echo(
+        f"stored {summary.trades_stored:,} trades, {summary.quotes_stored:,} quotes, "
+        f"{summary.dead_letters:,} dead letters in {summary.seconds:.1f} s "
+        f"(data in {settings.data_dir})"
+    )
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over views trades, quotes, dlq, ...")],
+    data_dir: DataDir = None,
+    fmt: Annotated[str, typer.Option("--format", help="table|json|csv|parquet")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+) -> None:
+    """Run SQL over the hot and cold stores (deduplicated)."""
+    settings = settings_or_exit(data_dir=data_dir)
+    fmt = "json" if as_json else fmt
+    if fmt not in {"table", "json", "csv", "parquet"}:
+        raise fail(f"--format must be table, json, csv or parquet (got {fmt!r})")
+    if fmt == "parquet" and output is None:
+        raise fail("--format parquet needs --output FILE")
+    from tradepulse.process.stages import all_tables
+    from tradepulse.store.query import QueryEngine, QueryError, format_result
+
+    if not (settings.data_dir / "hot.sqlite3").exists():
+        raise fail(f"no data in {settings.data_dir} (run `tradepulse run --data-dir ...` first)")
+    engine = QueryEngine(settings.data_dir, all_tables())
+    try:
+        result = engine.sql(sql)
+    except QueryError as exc:
+        raise fail(str(exc)) from None
+    rendered = format_result(result, fmt)
+    if output is not None:
+        mode = "wb" if isinstance(rendered, bytes) else "w"
+        with open(output, mode) as fh:
+            fh.write(rendered)
+    else:
+        assert isinstance(rendered, str)
+        typer.echo(rendered.rstrip("\n"))
 
 
 def main() -> None:

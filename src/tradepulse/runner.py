@@ -222,9 +222,166 @@ def data_paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-async def periodic(interval_s: float, stop: asyncio.Event, fn: Callable[[], Awaitable[None]]) -> None:
+async def periodic(
+    interval_s: float, stop: asyncio.Event, fn: Callable[[], Awaitable[None]]
+) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
         if not stop.is_set():
             await fn()
+
+
+@dataclass
+class RunSummary:
+    trades_stored: int
+    quotes_stored: int
+    dead_letters: int
+    duplicates: int
+    seconds: float
+    truth_dir: Path | None
+
+
+async def run_embedded(
+    settings: Settings,
+    *,
+    sim_config: Any | None = None,
+    duration_s: float | None = None,
+    serve_api: bool = True,
+    status_interval_s: float = 5.0,
+    out: Callable[[str], None] = echo_err,
+) -> RunSummary:
+    """Run every stage in this process until `duration_s` passes or SIGINT/SIGTERM arrives."""
+    from tradepulse.api.app import create_app
+    from tradepulse.api.stream import Broadcaster
+    from tradepulse.ops.health import HealthMonitor
+    from tradepulse.process.stages import build_stages
+    from tradepulse.sources.polygon_ws import PolygonWSClient
+    from tradepulse.store.cold.parquet import ParquetColdStore
+    from tradepulse.store.hot.sqlite import SQLiteHotStore
+
+    paths = data_paths(settings)
+    paths["root"].mkdir(parents=True, exist_ok=True)
+    stages = build_stages(settings)
+    processor = Processor(stages, max_skew_ns=int(settings.max_clock_skew_s * NS_PER_S))
+    hot = SQLiteHotStore(
+        paths["hot"],
+        processor.tables,
+        retention_ns=int(settings.hot_retention_h * 3600 * NS_PER_S),
+    )
+    cold = ParquetColdStore(paths["cold"], hot, processor.tables)
+    health = HealthMonitor()
+    broadcaster = Broadcaster()
+
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    tasks: list[asyncio.Task[Any]] = []
+
+    sim = None
+    ws_url = settings.polygon_ws_url
+    api_key = settings.polygon_api_key.get_secret_value() if settings.polygon_api_key else ""
+    if settings.resolved_source == "sim":
+        from tradepulse.sim import MarketSimulator
+
+        sim = MarketSimulator(sim_config)
+        await sim.start()
+        ws_url = sim.ws_url
+        api_key = api_key or "simulator"
+        out(f"[tradepulse] simulator on {sim.ws_url} (REST {sim.http_url})")
+
+    def on_written(batch: StoreBatch, result: WriteResult) -> None:
+        health.record_batch(len(batch), result.latency_s, pipeline.lag())
+        for stage in stages:
+            publish = getattr(stage, "publish", None)
+            if publish is not None:
+                publish(batch, broadcaster)
+
+    pipeline = Pipeline(settings, processor, hot.write, on_written=on_written)
+    processor.warm(hot.recent_trades(now_ns() - 24 * 3600 * NS_PER_S))
+
+    client = PolygonWSClient(
+        ws_url,
+        api_key,
+        settings.tickers,
+        pipeline.log.queue,  # type: ignore[arg-type]
+        reconnect_base_s=settings.reconnect_base_s,
+        reconnect_max_s=settings.reconnect_max_s,
+        max_frame_bytes=settings.ws_max_frame_bytes,
+    )
+
+    server = None
+    if serve_api:
+        import uvicorn
+
+        app = create_app(settings, hot, health, broadcaster)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+        )
+        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        out(f"[tradepulse] dashboard and API on http://{settings.host}:{settings.port}")
+
+    client_task = asyncio.create_task(client.run(), name="ws-client")
+    proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
+    write_task = asyncio.create_task(pipeline.write_loop(), name="writer")
+
+    async def flush_cold() -> None:
+        rows = await asyncio.to_thread(cold.flush)
+        if rows:
+            out(f"[tradepulse] cold store: flushed {rows:,} rows to Parquet")
+
+    tasks.append(asyncio.create_task(periodic(settings.cold_flush_s, stop, flush_cold)))
+    tasks.append(
+        asyncio.create_task(status_loop(pipeline, status_interval_s, stop, out), name="status")
+    )
+    if sim is not None:
+        tasks.append(asyncio.create_task(_stop_when(sim.wait_finished(), stop)))
+
+    async def watch_client() -> None:
+        # A wrong API key ends the client with AuthError: stop the run with that message.
+        with contextlib.suppress(asyncio.CancelledError):
+            await client_task
+        stop.set()
+
+    watcher = asyncio.create_task(watch_client())
+    await run_until(stop, duration_s)
+    stop.set()
+
+    # Orderly drain: source first, then log → processor → writer, then the cold flush.
+    if sim is not None:
+        await sim.stop()
+        await _wait_disconnected(client, timeout_s=5.0)
+    await client.stop()
+    await cancel_all([client_task, watcher])
+    await pipeline.close_log()
+    await proc_task
+    await write_task
+    await flush_cold()
+    if server is not None:
+        server.should_exit = True
+    await cancel_all(tasks)
+    hot.close()
+    s = pipeline.stats
+    if client_task.done() and not client_task.cancelled():
+        exc = client_task.exception()
+        if exc is not None:
+            raise exc
+    return RunSummary(
+        trades_stored=s.trades_stored,
+        quotes_stored=s.quotes_stored,
+        dead_letters=s.dead_letters,
+        duplicates=s.trades_duplicate,
+        seconds=time.monotonic() - s.started,
+        truth_dir=paths["truth"] if sim is not None else None,
+    )
+
+
+async def _stop_when(aw: Awaitable[Any], stop: asyncio.Event) -> None:
+    await aw
+    stop.set()
+
+
+async def _wait_disconnected(client: Any, timeout_s: float) -> None:
+    """After the simulator closed, the client reads to the close: every frame sent is queued."""
+    deadline = time.monotonic() + timeout_s
+    while client.connected.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
