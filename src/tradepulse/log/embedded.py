@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from tradepulse.events import News
 from tradepulse.validate import Decoded
 
 
@@ -22,6 +23,7 @@ class Frame:
     recv_ts: int
     raw: bytes | str | None = None
     decoded: Decoded | None = None
+    news: list[News] | None = None
     source: str = "polygon-ws"
     position: tuple[str, str] | None = None  # (key, value) committed with the batch
 

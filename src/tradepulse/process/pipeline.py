@@ -44,8 +44,8 @@ class Stage(Protocol):
 
     def apply(self, batch: WorkBatch) -> None: ...
 
-    def warm(self, trades: Sequence[Trade]) -> None:
-        """Rebuild state from already-stored history without emitting rows."""
+    def warm(self, batch: WorkBatch) -> None:
+        """Rebuild state from already-processed history (trades, news) without emitting."""
         ...
 
 
@@ -65,13 +65,18 @@ class Processor:
             decoded = frame.decoded
             if decoded is None and frame.raw is not None:
                 decoded = decode_frame(
-                    frame.raw, frame.recv_ts, source=frame.source, now_ns=now_ns,
+                    frame.raw,
+                    frame.recv_ts,
+                    source=frame.source,
+                    now_ns=now_ns,
                     max_skew_ns=self.max_skew_ns,
                 )
             if decoded is not None:
                 batch.trades.extend(decoded.trades)
                 batch.quotes.extend(decoded.quotes)
                 batch.dead_letters.extend(decoded.dead_letters)
+            if frame.news:
+                batch.news.extend(frame.news)
             if frame.position is not None:
                 batch.positions[frame.position[0]] = frame.position[1]
         return batch
@@ -95,12 +100,15 @@ class Processor:
     def process(self, frames: Sequence[Frame], now_ns: int) -> StoreBatch:
         return self.run_stages(self.decode(frames, now_ns))
 
-    def warm(self, trades: Sequence[Trade]) -> None:
+    def warm(self, trades: Sequence[Trade], news: Sequence[News] = ()) -> None:
+        """Replay already-committed history through the stages without emitting rows, so a
+        restarted processor continues with the state an uninterrupted one would have."""
         for trade in trades:
             if trade.timestamp > self.watermark_ns:
                 self.watermark_ns = trade.timestamp
+        batch = WorkBatch(trades=list(trades), news=list(news), watermark_ns=self.watermark_ns)
         for stage in self.stages:
-            stage.warm(trades)
+            stage.warm(batch)
 
 
 def _count(batch: WorkBatch) -> None:
