@@ -233,6 +233,49 @@ async def periodic(
 
 
 @dataclass
+class EmbeddedBackend:
+    """The embedded stores and the processor, opened together for run, replay and backfill."""
+
+    processor: Processor
+    hot: Any
+    cold: Any
+    paths: dict[str, Path]
+
+    @classmethod
+    def open(cls, settings: Settings) -> EmbeddedBackend:
+        from tradepulse.process.stages import build_stages
+        from tradepulse.store.cold.parquet import ParquetColdStore
+        from tradepulse.store.hot.sqlite import SQLiteHotStore
+
+        paths = data_paths(settings)
+        paths["root"].mkdir(parents=True, exist_ok=True)
+        processor = Processor(
+            build_stages(settings), max_skew_ns=int(settings.max_clock_skew_s * NS_PER_S)
+        )
+        hot = SQLiteHotStore(
+            paths["hot"],
+            processor.tables,
+            retention_ns=int(settings.hot_retention_h * 3600 * NS_PER_S),
+        )
+        cold = ParquetColdStore(paths["cold"], hot, processor.tables)
+        return cls(processor, hot, cold, paths)
+
+    def warm(self) -> int:
+        """Rebuild stage state from the current session's stored trades (and the articles
+        stored but not yet joined), so a restart continues where the last run stopped."""
+        from tradepulse.market_time import session_start_ns, trading_day
+
+        since = session_start_ns(trading_day(now_ns()))
+        trades = self.hot.trades_since(since)
+        news = self.hot.unjoined_news()
+        self.processor.warm(trades, news)
+        return len(trades)
+
+    def close(self) -> None:
+        self.hot.close()
+
+
+@dataclass
 class RunSummary:
     trades_stored: int
     quotes_stored: int
@@ -255,21 +298,11 @@ async def run_embedded(
     from tradepulse.api.app import create_app
     from tradepulse.api.stream import Broadcaster
     from tradepulse.ops.health import HealthMonitor
-    from tradepulse.process.stages import build_stages
     from tradepulse.sources.polygon_ws import PolygonWSClient
-    from tradepulse.store.cold.parquet import ParquetColdStore
-    from tradepulse.store.hot.sqlite import SQLiteHotStore
 
-    paths = data_paths(settings)
-    paths["root"].mkdir(parents=True, exist_ok=True)
-    stages = build_stages(settings)
-    processor = Processor(stages, max_skew_ns=int(settings.max_clock_skew_s * NS_PER_S))
-    hot = SQLiteHotStore(
-        paths["hot"],
-        processor.tables,
-        retention_ns=int(settings.hot_retention_h * 3600 * NS_PER_S),
-    )
-    cold = ParquetColdStore(paths["cold"], hot, processor.tables)
+    backend = EmbeddedBackend.open(settings)
+    processor, hot, cold, paths = backend.processor, backend.hot, backend.cold, backend.paths
+    stages = processor.stages
     health = HealthMonitor()
     broadcaster = Broadcaster()
 
@@ -297,7 +330,7 @@ async def run_embedded(
                 publish(batch, broadcaster)
 
     pipeline = Pipeline(settings, processor, hot.write, on_written=on_written)
-    processor.warm(hot.recent_trades(now_ns() - 24 * 3600 * NS_PER_S))
+    backend.warm()
 
     client = PolygonWSClient(
         ws_url,
@@ -349,7 +382,7 @@ async def run_embedded(
     # Orderly drain: source first, then log → processor → writer, then the cold flush.
     if sim is not None:
         await sim.stop()
-        await _wait_disconnected(client, timeout_s=5.0)
+        await wait_disconnected(client, timeout_s=5.0)
     await client.stop()
     await cancel_all([client_task, watcher])
     await pipeline.close_log()
@@ -359,7 +392,7 @@ async def run_embedded(
     if server is not None:
         server.should_exit = True
     await cancel_all(tasks)
-    hot.close()
+    backend.close()
     s = pipeline.stats
     if client_task.done() and not client_task.cancelled():
         exc = client_task.exception()
@@ -380,8 +413,117 @@ async def _stop_when(aw: Awaitable[Any], stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _wait_disconnected(client: Any, timeout_s: float) -> None:
+async def wait_disconnected(client: Any, timeout_s: float) -> None:
     """After the simulator closed, the client reads to the close: every frame sent is queued."""
     deadline = time.monotonic() + timeout_s
-    while client.connected.is_set() and time.monotonic() < deadline:
+    # Polls because it waits for an Event to be *cleared*, which asyncio.Event cannot await.
+    while client.connected.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class ReplaySummary:
+    rows: int
+    trades: int
+    quotes: int
+    dead_letters: int
+    trades_stored: int
+    seconds: float
+
+
+async def run_replay(
+    settings: Settings,
+    files: list[Path],
+    *,
+    speed: float | None = None,
+    progress: Callable[[str], None] | None = echo_err,
+) -> ReplaySummary:
+    """Feed flat files through the same log → processor → writer path as live data.
+
+    `speed=None` replays as fast as the pipeline takes it; `speed=N` paces event time at N×
+    real time. The file position is committed with each batch, so an interrupted replay
+    resumes where it stopped; identity-keyed writes make a repeated replay a no-op.
+    """
+    from tradepulse.sources.replay import read_flat_file
+    from tradepulse.validate import Decoded
+
+    backend = EmbeddedBackend.open(settings)
+    backend.warm()
+    pipeline = Pipeline(settings, backend.processor, backend.hot.write)
+    proc_task = asyncio.create_task(pipeline.process_loop())
+    write_task = asyncio.create_task(pipeline.write_loop())
+    totals = {"rows": 0, "trades": 0, "quotes": 0, "dead": 0}
+    started = time.monotonic()
+    try:
+        for path in files:
+            key = f"replay:{path.resolve()}"
+            start_row = int(backend.hot.position(key) or 0)
+            size = max(path.stat().st_size, 1)
+            first_ts: int | None = None
+            wall0 = time.monotonic()
+            last_report = 0.0
+            for chunk in read_flat_file(path, ingest_ts=now_ns(), start_row=start_row):
+                if speed is not None and chunk.first_ts:
+                    first_ts = first_ts or chunk.first_ts
+                    due = (chunk.first_ts - first_ts) / NS_PER_S / speed
+                    ahead = due - (time.monotonic() - wall0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                decoded = Decoded(
+                    trades=chunk.trades,
+                    quotes=chunk.quotes,
+                    dead_letters=chunk.dead_letters,
+                    statuses=[],
+                )
+                await pipeline.log.put(
+                    Frame(
+                        recv_ts=now_ns(),
+                        decoded=decoded,
+                        source=f"replay:{path.name}",
+                        position=(key, str(chunk.rows)),
+                    )
+                )
+                totals["rows"] = (
+                    totals["rows"] + len(chunk.trades) + len(chunk.quotes) + len(chunk.dead_letters)
+                )
+                totals["trades"] += len(chunk.trades)
+                totals["quotes"] += len(chunk.quotes)
+                totals["dead"] += len(chunk.dead_letters)
+                now = time.monotonic()
+                if progress is not None and now - last_report >= 1.0:
+                    last_report = now
+                    progress(
+                        _progress_line(path, chunk.bytes_read / size, totals["rows"], now - started)
+                    )
+        await pipeline.close_log()
+        await proc_task
+        await write_task
+        await asyncio.to_thread(backend.cold.flush)
+    finally:
+        for t in (proc_task, write_task):
+            if not t.done():
+                t.cancel()
+        backend.close()
+    seconds = time.monotonic() - started
+    if progress is not None:
+        progress(_progress_line(files[-1], 1.0, totals["rows"], seconds))
+    return ReplaySummary(
+        rows=totals["rows"],
+        trades=totals["trades"],
+        quotes=totals["quotes"],
+        dead_letters=totals["dead"],
+        trades_stored=pipeline.stats.trades_stored,
+        seconds=seconds,
+    )
+
+
+def _progress_line(path: Path, frac: float, rows: int, elapsed: float) -> str:
+    rate = rows / max(elapsed, 1e-9)
+    eta = elapsed * (1 - frac) / frac if frac > 0 else float("inf")
+    width = 30
+    filled = int(width * min(frac, 1.0))
+    bar = "#" * filled + "-" * (width - filled)
+    eta_s = f"{eta:,.0f}s" if eta != float("inf") else "?"
+    return (
+        f"[replay] {path.name} [{bar}] {frac * 100:5.1f}% {rows:,} events {rate:,.0f}/s ETA {eta_s}"
+    )

@@ -1,0 +1,3 @@
+from tradepulse.cli import main
+
+main()
