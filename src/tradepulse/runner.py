@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,6 +421,30 @@ async def wait_disconnected(client: Any, timeout_s: float) -> None:
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def batch_pipeline(settings: Settings) -> AsyncIterator[tuple[Pipeline, EmbeddedBackend]]:
+    """Stores + warmed processor + the log → processor → writer loops, for sources that push
+    already-decoded frames (replay, backfill). On exit the log is drained, the cold store
+    flushed and the stores closed; on error the loops are cancelled and nothing half-written
+    is committed (each batch is its own transaction)."""
+    backend = EmbeddedBackend.open(settings)
+    try:
+        backend.warm()
+        pipeline = Pipeline(settings, backend.processor, backend.hot.write)
+        proc_task = asyncio.create_task(pipeline.process_loop())
+        write_task = asyncio.create_task(pipeline.write_loop())
+        try:
+            yield pipeline, backend
+            await pipeline.close_log()
+            await proc_task
+            await write_task
+            await asyncio.to_thread(backend.cold.flush)
+        finally:
+            await cancel_all([t for t in (proc_task, write_task) if not t.done()])
+    finally:
+        backend.close()
+
+
 @dataclass
 class ReplaySummary:
     rows: int
@@ -447,17 +471,13 @@ async def run_replay(
     from tradepulse.sources.replay import read_flat_file
     from tradepulse.validate import Decoded
 
-    backend = EmbeddedBackend.open(settings)
-    backend.warm()
-    pipeline = Pipeline(settings, backend.processor, backend.hot.write)
-    proc_task = asyncio.create_task(pipeline.process_loop())
-    write_task = asyncio.create_task(pipeline.write_loop())
     totals = {"rows": 0, "trades": 0, "quotes": 0, "dead": 0}
     started = time.monotonic()
-    try:
+    async with batch_pipeline(settings) as (pipeline, backend):
+        hot = backend.hot
         for path in files:
             key = f"replay:{path.resolve()}"
-            start_row = int(backend.hot.position(key) or 0)
+            start_row = int(hot.position(key) or 0)
             size = max(path.stat().st_size, 1)
             first_ts: int | None = None
             wall0 = time.monotonic()
@@ -483,27 +503,15 @@ async def run_replay(
                         position=(key, str(chunk.rows)),
                     )
                 )
-                totals["rows"] = (
-                    totals["rows"] + len(chunk.trades) + len(chunk.quotes) + len(chunk.dead_letters)
-                )
                 totals["trades"] += len(chunk.trades)
                 totals["quotes"] += len(chunk.quotes)
                 totals["dead"] += len(chunk.dead_letters)
+                totals["rows"] = totals["trades"] + totals["quotes"] + totals["dead"]
                 now = time.monotonic()
                 if progress is not None and now - last_report >= 1.0:
                     last_report = now
-                    progress(
-                        _progress_line(path, chunk.bytes_read / size, totals["rows"], now - started)
-                    )
-        await pipeline.close_log()
-        await proc_task
-        await write_task
-        await asyncio.to_thread(backend.cold.flush)
-    finally:
-        for t in (proc_task, write_task):
-            if not t.done():
-                t.cancel()
-        backend.close()
+                    frac = chunk.bytes_read / size
+                    progress(_progress_line(path, frac, totals["rows"], now - started))
     seconds = time.monotonic() - started
     if progress is not None:
         progress(_progress_line(files[-1], 1.0, totals["rows"], seconds))
@@ -526,4 +534,53 @@ def _progress_line(path: Path, frac: float, rows: int, elapsed: float) -> str:
     eta_s = f"{eta:,.0f}s" if eta != float("inf") else "?"
     return (
         f"[replay] {path.name} [{bar}] {frac * 100:5.1f}% {rows:,} events {rate:,.0f}/s ETA {eta_s}"
+    )
+
+
+@dataclass
+class BackfillSummary:
+    fetched: int
+    trades_stored: int
+    duplicates: int
+    dead_letters: int
+    seconds: float
+
+
+async def run_backfill(
+    settings: Settings,
+    *,
+    base_url: str,
+    api_key: str,
+    tickers: list[str],
+    from_ns: int,
+    to_ns: int,
+    progress: Callable[[str], None] | None = echo_err,
+) -> BackfillSummary:
+    """Pull `[from_ns, to_ns)` from the REST trades endpoint into the stores, idempotently:
+    trades the live feed already stored count as duplicates, never as second copies."""
+    import httpx
+
+    from tradepulse.sources.polygon_rest import convert_results, fetch_trades
+    from tradepulse.validate import Decoded
+
+    started = time.monotonic()
+    fetched = 0
+    async with batch_pipeline(settings) as (pipeline, _), httpx.AsyncClient(timeout=30.0) as client:
+        for ticker in tickers:
+            async for page in fetch_trades(client, base_url, api_key, ticker, from_ns, to_ns):
+                trades, dead = convert_results(ticker, page, now_ns(), "polygon-rest")
+                fetched += len(page)
+                decoded = Decoded(trades=trades, quotes=[], dead_letters=dead, statuses=[])
+                await pipeline.log.put(
+                    Frame(recv_ts=now_ns(), decoded=decoded, source="polygon-rest")
+                )
+                if progress is not None:
+                    progress(f"[backfill] {ticker}: {fetched:,} trades fetched")
+    s = pipeline.stats
+    return BackfillSummary(
+        fetched=fetched,
+        trades_stored=s.trades_stored,
+        duplicates=s.trades_duplicate,
+        dead_letters=s.dead_letters,
+        seconds=time.monotonic() - started,
     )
