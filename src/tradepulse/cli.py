@@ -185,9 +185,10 @@ def replay(
     except ReplayError as exc:
         raise fail(str(exc)) from None
     summary = asyncio.run(run_replay(settings, list(files), speed=speed))
+    s = summary
     typer.echo(
-        f"replayed {summary.rows:,} rows: {summary.trades:,} trades ({summary.trades_stored:,} new),"
-        f" {summary.quotes:,} quotes, {summary.dead_letters:,} dead letters in {summary.seconds:.1f} s"
+        f"replayed {s.rows:,} rows: {s.trades:,} trades ({s.trades_stored:,} new), "
+        f"{s.quotes:,} quotes, {s.dead_letters:,} dead letters in {s.seconds:.1f} s"
     )
 
 
