@@ -298,3 +298,27 @@ def test_invalid_parameters() -> None:
         Correlator(window_s=60, history_s=100)
     with pytest.raises(ValueError):
         Correlator().add_zscores("AAPL", [1, 2], [1.0])
+
+
+def _partial_count() -> float:
+    from tradepulse.ops.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("tradepulse_news_partial_join_total") or 0.0
+
+
+def test_partial_coverage_is_counted() -> None:
+    c = Correlator(window_s=60.0, history_s=200.0)
+    c.add_zscores("AAPL", *series(background(50, 1000)))
+    before = _partial_count()
+    # Window [40, 160] starts before the first z-score seen (50): partial.
+    c.add_articles([article("early", 100.0)])
+    assert len(c.finalize(T0 + 1000 * S)) == 1
+    assert _partial_count() == before + 1
+    # Fully covered and inside the kept history (1000 − 200 = 800): not partial.
+    c.add_articles([article("ok", 900.0)])
+    c.finalize(T0 + 1000 * S)
+    assert _partial_count() == before + 1
+    # Published long ago: its window is older than the kept history.
+    c.add_articles([article("old", 500.0)])
+    c.finalize(T0 + 1000 * S)
+    assert _partial_count() == before + 2

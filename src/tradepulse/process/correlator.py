@@ -16,8 +16,9 @@ History is bounded: only spike points are kept (other points only advance the ti
 coverage), points older than ``watermark − history_s`` are dropped, and at most `max_points`
 per ticker are kept. `history_s` must cover two windows plus the lateness (an article is pending
 until its window closes, so its whole window is still in history then) plus however late news
-may arrive; an article whose window starts before the kept history is still emitted and
-counted in `tradepulse_news_partial_join_total`.
+may arrive; an article whose window starts before the kept history (or before the first z-score
+seen for its ticker) is still emitted and counted in `tradepulse_news_partial_join_total`.
+Counting articles per strength (`tradepulse_sentiment_total`) is the calling stage's job.
 
 `snapshot()`/`restore()` carry pending articles, history and the recently emitted keys across
 a restart so that nothing is lost or emitted twice; the store's key (ticker, article_id) with
@@ -264,34 +265,34 @@ class Correlator:
                 ready.append(key)
         ready.sort(key=lambda k: (int(self._pending[k]["published_at"]), k))
         out: list[dict[str, Any]] = []
-        counts: dict[str, int] = {}
+        partial = 0
         for key in ready:
-            record = self._join(self._pending.pop(key), processed_at)
+            record, covered = self._join(self._pending.pop(key), processed_at)
             self._remember(key)
             out.append(record)
-            strength = record["correlation_strength"]
-            counts[strength] = counts.get(strength, 0) + 1
-        for strength, n in counts.items():
-            metrics.SENTIMENT.labels(strength).inc(n)
+            partial += not covered
+        if partial:
+            PARTIAL_JOINS.inc(partial)
         if watermark_ns > 0:
             cutoff = watermark_ns - self.history_ns
             for hist in self._history.values():
                 hist.prune(cutoff, self.max_points)
         return out
 
-    def _join(self, row: dict[str, Any], processed_at: int) -> dict[str, Any]:
+    def _join(self, row: dict[str, Any], processed_at: int) -> tuple[dict[str, Any], bool]:
+        """The output record, and whether the ticker's z-series covered the whole window."""
         ticker = str(row["ticker"])
         published = int(row["published_at"])
         hist = self._history.get(ticker)
         hit: tuple[float, int] | None = None
+        covered = False
         if hist is not None:
             hist.consolidate()
             hit = window_max(hist.times, hist.z, published, self.window_ns)
             start = published - self.window_ns
-            if (hist.horizon_ns is not None and start < hist.horizon_ns) or (
-                hist.first_ns is not None and start < hist.first_ns
-            ):
-                PARTIAL_JOINS.inc()
+            covered = (hist.horizon_ns is None or start >= hist.horizon_ns) and (
+                hist.first_ns is not None and start >= hist.first_ns
+            )
         sentiment = float(row["sentiment"])
         summary_sentiment = row.get("summary_sentiment")
         max_z = None if hit is None else hit[0]
@@ -308,7 +309,7 @@ class Correlator:
             "correlation_strength": correlation_strength(sentiment, max_z, spike_z=self.spike_z),
             "processed_at": processed_at,
         }
-        return record
+        return record, covered
 
     def _remember(self, key: tuple[str, str]) -> None:
         self._emitted[key] = None
