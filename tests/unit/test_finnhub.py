@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tradepulse.events import News
 from tradepulse.sources.finnhub import (
     MalformedResponse,
     SeenSet,
@@ -172,3 +173,25 @@ def test_token_bucket_never_stalls_on_float_rounding() -> None:
         assert bucket.wait_time(now) == 0.0
         bucket.take(now)
     assert now == pytest.approx(1999 / 0.6)
+
+
+def test_poller_from_settings(tmp_path: Path) -> None:
+    from tradepulse.config import Settings
+    from tradepulse.sources.finnhub import poller_from_settings
+
+    async def sink(batch: list[News]) -> None:
+        del batch
+
+    settings = Settings(
+        tickers=["AAPL", "MSFT"],
+        finnhub_api_key="secret",
+        news_poll_s=30.0,
+        finnhub_calls_per_min=20,
+    )
+    poller = poller_from_settings(
+        settings, sink, seen_path=tmp_path / "seen.json", base_url="http://127.0.0.1:9/api/v1"
+    )
+    assert poller.tickers == ["AAPL", "MSFT"]
+    assert poller.base_url == "http://127.0.0.1:9/api/v1"
+    assert poller.interval_s == 30.0 and poller.calls_per_min == 20
+    assert poller.seen.path == tmp_path / "seen.json"

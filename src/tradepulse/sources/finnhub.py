@@ -45,6 +45,7 @@ import httpx
 import orjson
 from prometheus_client import Counter
 
+from tradepulse.config import Settings
 from tradepulse.events import DeadLetter, News
 from tradepulse.ops import metrics
 
@@ -439,6 +440,8 @@ class FinnhubPoller:
             if self.stopped:
                 return
             last = await self._request(client, ticker)
+            if self.stopped and last.outcome != "ok":
+                return  # a finished response is still delivered; an abandoned one is not
             if last.outcome == "ok":
                 try:
                     parsed = parse_company_news(last.body, ticker, self.clock.time_ns())
@@ -603,3 +606,26 @@ class FinnhubPoller:
 
 def _utc_date(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def poller_from_settings(
+    settings: Settings,
+    out: NewsSink | asyncio.Queue[News],
+    *,
+    seen_path: Path,
+    base_url: str | None = None,
+    on_dead_letters: DeadLetterSink | None = None,
+) -> FinnhubPoller:
+    """A poller for `settings.tickers` using the configured URL, key, interval and budget
+    (`base_url` overrides the URL, e.g. with the simulator's address)."""
+    key = settings.finnhub_api_key.get_secret_value() if settings.finnhub_api_key else None
+    return FinnhubPoller(
+        base_url or settings.finnhub_url,
+        key,
+        settings.tickers,
+        out,
+        seen=SeenSet(seen_path),
+        interval_s=settings.news_poll_s,
+        calls_per_min=settings.finnhub_calls_per_min,
+        on_dead_letters=on_dead_letters,
+    )
