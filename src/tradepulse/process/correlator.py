@@ -179,6 +179,7 @@ class _History:
 
 
 _ROW_FIELDS = ("headline", "summary", "source", "url")
+_PRUNE_EVERY_NS = 1_000_000_000
 
 
 class Correlator:
@@ -212,6 +213,7 @@ class Correlator:
         self._history: dict[str, _History] = {}
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
         self._emitted: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._pruned_at_ns = 0
 
     # --- input ---------------------------------------------------------------------------
 
@@ -273,7 +275,9 @@ class Correlator:
             partial += not covered
         if partial:
             PARTIAL_JOINS.inc(partial)
-        if watermark_ns > 0:
+        # Pruning copies the kept history, so do it at most once per event-time second.
+        if watermark_ns - self._pruned_at_ns >= _PRUNE_EVERY_NS:
+            self._pruned_at_ns = watermark_ns
             cutoff = watermark_ns - self.history_ns
             for hist in self._history.values():
                 hist.prune(cutoff, self.max_points)
