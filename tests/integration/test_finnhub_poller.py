@@ -242,6 +242,32 @@ async def test_429_with_retry_after_then_200_backs_off_and_resumes(tmp_path: Pat
     assert reqs[0].params["to"] == "2025-11-23" and reqs[0].params["from"] == "2025-11-22"
 
 
+async def test_429_on_the_last_attempt_still_pauses_every_ticker(tmp_path: Path) -> None:
+    clock = FakeClock(until=100.0)
+
+    def reply(n: int, ticker: str) -> Reply:
+        if n == 0:
+            return Reply(429, b"{}", {"Retry-After": "20"})
+        return Reply(body=articles(ticker, range(1, 2)))
+
+    sink = Sink()
+    async with FakeFinnhub(clock, reply) as server:
+        poller = make_poller(
+            server,
+            clock,
+            ["AAPL", "MSFT", "TSLA"],
+            sink,
+            SeenSet(tmp_path / "seen.json"),
+            interval_s=3.0,
+            calls_per_min=60,
+            max_attempts=1,
+        )
+        await asyncio.wait_for(poller.run(), 10)
+    first, second = server.requests[:2]
+    assert (first.ticker, second.ticker) == ("AAPL", "MSFT")
+    assert second.at == pytest.approx(first.at + 20.0)
+
+
 async def test_rate_budget_never_exceeded_with_retries(tmp_path: Path) -> None:
     clock = FakeClock(until=600.0)
     tickers = [f"T{i}" for i in range(10)]

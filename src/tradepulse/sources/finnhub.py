@@ -367,7 +367,6 @@ class FinnhubPoller:
         backoff_cap_s: float = 60.0,
         max_retry_after_s: float = 300.0,
         rng: random.Random | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not tickers:
             raise ValueError("at least one ticker is required")
@@ -389,7 +388,6 @@ class FinnhubPoller:
         self.backoff_cap_s = backoff_cap_s
         self.max_retry_after_s = max_retry_after_s
         self.rng = rng or random.Random()
-        self._transport = transport
         self._bucket = TokenBucket(calls_per_min / 60.0, now=self.clock.monotonic())
         self._resume_at = -math.inf  # monotonic time before which nothing is sent (after a 429)
         self._stop = asyncio.Event()
@@ -417,7 +415,6 @@ class FinnhubPoller:
             base_url=self.base_url,
             headers=headers,
             timeout=self.timeout_s,
-            transport=self._transport,
             follow_redirects=False,
         ) as client:
             next_due = self.clock.monotonic()
@@ -455,14 +452,15 @@ class FinnhubPoller:
             if last.outcome not in _RETRYABLE:
                 log.warning("finnhub %s: %s; skipping this cycle", ticker, last.detail)
                 return
-            if attempt == self.max_attempts:
-                break
             delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s, self.rng)
             if last.outcome == "rate_limited":
                 if last.retry_after_s is not None:
                     delay = min(last.retry_after_s, self.max_retry_after_s)
-                # The budget is per account: hold every ticker, not just this one.
+                # The budget is per account: hold every ticker, not just this one (also when
+                # this ticker has no attempts left).
                 self._resume_at = max(self._resume_at, self.clock.monotonic() + delay)
+            if attempt == self.max_attempts:
+                break
             log.warning(
                 "finnhub %s: %s (attempt %d/%d); retrying in %.2fs",
                 ticker,
