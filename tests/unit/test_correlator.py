@@ -193,9 +193,9 @@ def test_finalize_waits_for_window_close_then_emits_once() -> None:
     c.add_articles([article("a", 100.0)])
     c.add_zscores("AAPL", *series(background(0, 120)))
     assert c.finalize(T0 + 120 * S) == []  # window [40, 160] still open
-    assert c.finalize(T0 + 159 * S) == []
-    c.add_zscores("AAPL", *series([(158.0, 3.2)]))  # the spike arrives after the article
-    out = c.finalize(T0 + 160 * S)
+    assert c.finalize(T0 + 160 * S) == []  # more points stamped 160 may still come
+    c.add_zscores("AAPL", *series([(160.0, 3.2)]))  # the spike arrives after the article
+    out = c.finalize(T0 + 160 * S + 1)
     assert [r["article_id"] for r in out] == ["a"]
     assert out[0]["correlation_strength"] == "strong"
     assert c.finalize(T0 + 500 * S) == []
@@ -207,10 +207,20 @@ def test_finalize_waits_for_window_close_then_emits_once() -> None:
 def test_ticker_coverage_closes_window_before_global_watermark() -> None:
     c = Correlator(lateness_s=30.0)
     c.add_articles([article("a", 100.0)])
-    c.add_zscores("AAPL", *series(background(0, 159)))
-    assert c.finalize(T0 + 170 * S) == []  # 170 − 30 lateness < 160, ticker seen to 159
-    c.add_zscores("AAPL", *series([(160.0, 0.1)]))
+    c.add_zscores("AAPL", *series(background(0, 160)))
+    assert c.finalize(T0 + 170 * S) == []  # 170 − 30 lateness < 160, ticker seen to 160
+    c.add_zscores("AAPL", *series([(160.5, 0.1)]))
     assert len(c.finalize(T0 + 170 * S)) == 1
+
+
+def test_points_stamped_at_the_watermark_can_still_join() -> None:
+    c = Correlator()
+    c.add_articles([article("a", 100.0)])
+    c.add_zscores("AAPL", *series([*background(0, 159), (160.0, 0.1)]))
+    assert c.finalize(T0 + 160 * S) == []
+    c.add_zscores("AAPL", *series([(160.0, 4.0), (161.0, 0.1)]))  # same stamp, next batch
+    (r,) = c.finalize(T0 + 161 * S)
+    assert r["max_zscore"] == pytest.approx(4.0)
 
 
 def test_late_article_joins_against_history() -> None:

@@ -8,7 +8,8 @@ several points share the maximum, the earliest one). No spike in the window → 
 
 The join is symmetric because nothing is decided when either side arrives: articles wait in
 `pending` and spikes wait in a per-ticker history until the article's window has closed by
-event time, i.e. until ``max(watermark − lateness, last z time of T) ≥ p + W``; only then
+event time, i.e. until ``max(watermark − lateness, last z time of T) > p + W`` (strictly: more
+points stamped exactly at the watermark may still come); only then
 `finalize` emits the article, exactly once. An article that arrives after its window closed
 (news is polled, so late by design) is joined against the history at the next `finalize`.
 
@@ -263,7 +264,9 @@ class Correlator:
             seen_until = closed_by_watermark
             if hist is not None and hist.last_ns is not None:
                 seen_until = max(seen_until, hist.last_ns)
-            if int(row["published_at"]) + self.window_ns <= seen_until:
+            # Strictly after the window's end: more points stamped exactly at the watermark
+            # may still come, and the window includes its end.
+            if int(row["published_at"]) + self.window_ns < seen_until:
                 ready.append(key)
         ready.sort(key=lambda k: (int(self._pending[k]["published_at"]), k))
         out: list[dict[str, Any]] = []
