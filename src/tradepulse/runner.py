@@ -357,6 +357,8 @@ async def run_embedded(
     proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
     write_task = asyncio.create_task(pipeline.write_loop(), name="writer")
 
+    tasks.append(asyncio.create_task(_news_poller(settings, pipeline, sim), name="news"))
+
     async def flush_cold() -> None:
         rows = await asyncio.to_thread(cold.flush)
         if rows:
@@ -406,6 +408,35 @@ async def run_embedded(
         seconds=time.monotonic() - s.started,
         truth_dir=paths["truth"] if sim is not None else None,
     )
+
+
+async def _news_poller(settings: Settings, pipeline: Pipeline, sim: Any | None) -> None:
+    """Finnhub (or the simulator's Finnhub endpoint) → the log, as news frames."""
+    from tradepulse.events import DeadLetter, News
+    from tradepulse.sources.finnhub import poller_from_settings
+    from tradepulse.validate import Decoded
+
+    async def put_news(items: list[News]) -> None:
+        await pipeline.log.put(Frame(recv_ts=now_ns(), news=items, source="finnhub"))
+
+    async def put_dead(items: list[DeadLetter]) -> None:
+        decoded = Decoded(trades=[], quotes=[], dead_letters=list(items), statuses=[])
+        await pipeline.log.put(Frame(recv_ts=now_ns(), decoded=decoded, source="finnhub"))
+
+    base_url = (
+        f"{sim.http_url}/api/v1" if sim is not None and not settings.finnhub_api_key else None
+    )
+    poller = poller_from_settings(
+        settings,
+        put_news,
+        seen_path=data_paths(settings)["news_seen"],
+        base_url=base_url,
+        on_dead_letters=put_dead,
+    )
+    try:
+        await poller.run()
+    finally:
+        await poller.stop()
 
 
 async def _stop_when(aw: Awaitable[Any], stop: asyncio.Event) -> None:
