@@ -357,7 +357,7 @@ async def run_embedded(
     proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
     write_task = asyncio.create_task(pipeline.write_loop(), name="writer")
 
-    tasks.append(asyncio.create_task(_news_poller(settings, pipeline, sim), name="news"))
+    news_task = asyncio.create_task(_news_poller(settings, pipeline, sim, out), name="news")
 
     async def flush_cold() -> None:
         rows = await asyncio.to_thread(cold.flush)
@@ -386,7 +386,8 @@ async def run_embedded(
         await sim.stop()
         await wait_disconnected(client, timeout_s=5.0)
     await client.stop()
-    await cancel_all([client_task, watcher])
+    # Sources stop before the log closes, so nothing they accepted is left behind in it.
+    await cancel_all([client_task, watcher, news_task])
     await pipeline.close_log()
     await proc_task
     await write_task
@@ -410,7 +411,9 @@ async def run_embedded(
     )
 
 
-async def _news_poller(settings: Settings, pipeline: Pipeline, sim: Any | None) -> None:
+async def _news_poller(
+    settings: Settings, pipeline: Pipeline, sim: Any | None, out: Callable[[str], None]
+) -> None:
     """Finnhub (or the simulator's Finnhub endpoint) → the log, as news frames."""
     from tradepulse.events import DeadLetter, News
     from tradepulse.sources.finnhub import poller_from_settings
