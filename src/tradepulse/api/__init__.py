@@ -1,0 +1,1 @@
+"""HTTP API, live stream and dashboard."""
