@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 
 def ns_to_iso(ns: int) -> str:
@@ -39,9 +38,10 @@ def as_int(value: Any) -> int | None:
 def json_object(value: Any) -> dict[str, float | None]:
     """A stored features value (JSON text or mapping) → {name: finite float or None}."""
     if isinstance(value, (str, bytes)):
+        # stdlib json, not orjson: a stage that wrote with json.dumps may have left NaN in it.
         try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            value = json.loads(value)
+        except ValueError:
             return {}
     if not isinstance(value, dict):
         return {}
