@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from test_api_endpoints import seeded_reader
 
 from tradepulse.api.app import create_app
 from tradepulse.api.stream import Broadcaster
 from tradepulse.config import Settings
 from tradepulse.ops.health import HealthMonitor
-
-from test_api_endpoints import seeded_reader
 
 pytestmark = pytest.mark.unit
 # Keys on, so schemathesis also checks that requests without (or with a wrong) key are refused.
