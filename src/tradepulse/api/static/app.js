@@ -37,7 +37,17 @@
   const priceSeries = priceChart.addLineSeries({ color: "#4f9dff", lineWidth: 2, title: "price" });
   const vwapSeries = priceChart.addLineSeries({ color: "#f5b342", lineWidth: 2, lineStyle: 0, title: "VWAP" });
   const zChart = LC.createChart(zEl, chartOpts(zEl.clientHeight));
-  const zSeries = zChart.addHistogramSeries({ color: "#4f9dff", priceFormat: { type: "price", precision: 2, minMove: 0.01 } });
+  const zSeries = zChart.addHistogramSeries({
+    color: "#4f9dff",
+    priceFormat: { type: "price", precision: 2, minMove: 0.01 },
+    // Always keep the 2.0 and 3.0 bands in view, whatever the data's own range.
+    autoscaleInfoProvider: (original) => {
+      const r = original();
+      const lo = Math.min(r ? r.priceRange.minValue : 0, -1);
+      const hi = Math.max(r ? r.priceRange.maxValue : 0, 3.5);
+      return { priceRange: { minValue: lo, maxValue: hi } };
+    },
+  });
   for (const [v, color] of [[2, "#f0883e"], [3, "#f85149"], [-2, "#f0883e"], [-3, "#f85149"]]) {
     zSeries.createPriceLine({ price: v, color, lineWidth: 1, lineStyle: 2, axisLabelVisible: Math.abs(v) === 2 || Math.abs(v) === 3, title: "" });
   }
