@@ -409,7 +409,9 @@ def test_secrets_never_appear_in_any_response(reader: MemoryReader) -> None:
             assert secret not in blob, (r.url, secret)
 
 
-def test_store_failure_is_a_plain_500_without_details(reader: MemoryReader) -> None:
+def test_store_failure_is_a_plain_500_without_details(
+    reader: MemoryReader, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(ticker: str) -> None:
         raise RuntimeError(f"db at /secret/path with {POLYGON_SECRET}")
 
@@ -418,3 +420,5 @@ def test_store_failure_is_a_plain_500_without_details(reader: MemoryReader) -> N
         r = c.get("/quotes/AAPL")
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}
     assert POLYGON_SECRET not in r.text
+    assert "RuntimeError" in caplog.text and "<redacted>" in caplog.text
+    assert POLYGON_SECRET not in caplog.text

@@ -8,6 +8,7 @@ only that; details go to the log, never to the client (they could hold secrets).
 from __future__ import annotations
 
 import logging
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +51,14 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def redact(text: str, app: FastAPI) -> str:
+    """Replace every configured secret in `text` (an exception may quote a URL or a key)."""
+    ctx = getattr(app.state, "ctx", None)
+    for secret in ctx.settings.secrets() if ctx is not None else []:
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
 def install(app: FastAPI) -> None:
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -63,8 +72,9 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return _json(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled API error: %s", type(exc).__name__, exc_info=exc)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        trace = "".join(traceback.format_exception(exc))
+        log.error("unhandled API error on %s:\n%s", request.url.path, redact(trace, app))
         return _json(500, "internal error")
 
     app.add_exception_handler(ApiError, api_error)

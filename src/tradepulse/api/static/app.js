@@ -48,8 +48,8 @@
       return { priceRange: { minValue: lo, maxValue: hi } };
     },
   });
-  for (const [v, color] of [[2, "#f0883e"], [3, "#f85149"], [-2, "#f0883e"], [-3, "#f85149"]]) {
-    zSeries.createPriceLine({ price: v, color, lineWidth: 1, lineStyle: 2, axisLabelVisible: Math.abs(v) === 2 || Math.abs(v) === 3, title: "" });
+  for (const [v, color] of [[2, "#f0883e"], [3, "#f85149"]]) {
+    zSeries.createPriceLine({ price: v, color, lineWidth: 1, lineStyle: 2, axisLabelVisible: true, title: "" });
   }
   // Keep the two time axes aligned.
   priceChart.timeScale().subscribeVisibleLogicalRangeChange((r) => r && zChart.timeScale().setVisibleLogicalRange(r));
