@@ -12,7 +12,13 @@ from tradepulse.api import tables
 from tradepulse.api.cache import cache_control
 from tradepulse.api.convert import finite, json_object, ns_to_iso
 from tradepulse.api.publish import publish_batch
-from tradepulse.api.ratelimit import FixedWindowLimiter, client_address, parse_networks
+from tradepulse.api.ratelimit import (
+    OVERFLOW_KEY,
+    FixedWindowLimiter,
+    client_address,
+    limit_key,
+    parse_networks,
+)
 from tradepulse.api.routes.stream import sse, sse_events
 from tradepulse.api.stream import Broadcaster
 from tradepulse.events import Trade
@@ -99,6 +105,16 @@ def test_client_address_only_trusts_configured_proxies() -> None:
     assert client_address("10.0.0.2", "6.6.6.6, 9.9.9.9, 10.0.0.7", trusted) == "9.9.9.9"
     assert client_address("10.0.0.2", "garbage", trusted) == "garbage"
     assert client_address(None, None, trusted) == "unknown"
+
+
+def test_limiter_memory_is_bounded_and_ipv6_grouped() -> None:
+    lim = FixedWindowLimiter(5, clock=lambda: 10.0, max_clients=3)
+    for i in range(10):
+        lim.hit(f"10.0.0.{i}")
+    assert len(lim._counts) == 4 and lim._counts[OVERFLOW_KEY] == 5  # then refused
+    assert limit_key("2001:db8::1") == limit_key("2001:db8::ffff") == "2001:db8::/64"
+    assert limit_key("::ffff:1.2.3.4") == "1.2.3.4" and limit_key("1.2.3.4") == "1.2.3.4"
+    assert limit_key("testclient") == "testclient"
 
 
 def test_cache_control_values() -> None:

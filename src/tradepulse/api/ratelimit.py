@@ -20,6 +20,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+OVERFLOW_KEY = "<overflow>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +45,15 @@ class FixedWindowLimiter:
     """`limit` hits per `window_s` per key; memory is bounded by the clients of one window."""
 
     def __init__(
-        self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.time
+        self,
+        limit: int,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        max_clients: int = 100_000,
     ) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.max_clients = max_clients
         self._clock = clock
         self._window = -1
         self._counts: dict[str, int] = {}
@@ -62,6 +68,9 @@ class FixedWindowLimiter:
                 # A new window: every client starts again and old keys are forgotten.
                 self._window = window
                 self._counts = {}
+            if key not in self._counts and len(self._counts) >= self.max_clients:
+                # A flood of distinct addresses shares one budget instead of growing memory.
+                key = OVERFLOW_KEY
             used = self._counts.get(key, 0)
             if used >= self.limit:
                 return Decision(False, self.limit, 0, reset)
@@ -98,6 +107,19 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: list[Ne
     return addr
 
 
+def limit_key(addr: str) -> str:
+    """IPv6 clients are limited per /64 (one host usually owns the whole block)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class RateLimitMiddleware:
     """Applies `limiter` to HTTP requests whose first path segment is in `prefixes`."""
 
@@ -126,7 +148,8 @@ class RateLimitMiddleware:
         for name, value in scope.get("headers", []):
             if name == b"x-forwarded-for":
                 xff = value.decode("latin-1")
-        decision = self.limiter.hit(client_address(peer[0] if peer else None, xff, self.trusted))
+        client = client_address(peer[0] if peer else None, xff, self.trusted)
+        decision = self.limiter.hit(limit_key(client))
         extra = decision.headers()
         if not decision.allowed:
             body = orjson.dumps(
