@@ -381,6 +381,18 @@ def test_cors_closed_by_default_and_open_to_configured_origins(reader: MemoryRea
         assert "access-control-allow-origin" not in c.get("/quotes/AAPL", headers=origin).headers
 
 
+def test_cors_wraps_rate_limited_responses(reader: MemoryReader) -> None:
+    allowed = {"Origin": "https://ok.example"}
+    app = make_app(reader, cors_origins=["https://ok.example"], rate_limit_per_min=1)
+    with TestClient(app) as c:
+        preflight = {**allowed, "Access-Control-Request-Method": "GET"}
+        assert c.options("/quotes/AAPL", headers=preflight).status_code == 200
+        assert c.get("/quotes/AAPL", headers=allowed).status_code == 200  # preflight was free
+        refused = c.get("/quotes/AAPL", headers=allowed)
+        assert refused.status_code == 429
+        assert refused.headers["access-control-allow-origin"] == "https://ok.example"
+
+
 def test_secrets_never_appear_in_any_response(reader: MemoryReader) -> None:
     with TestClient(make_app(reader, api_keys=["user-key"])) as c:
         key = {"X-API-Key": "user-key"}

@@ -67,6 +67,15 @@ def create_app(
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
 
+    # Middleware added later runs earlier. The limiter runs before any route, so a refused
+    # request costs no store read; CORS wraps it so browsers can read 429s and preflights
+    # (OPTIONS) are answered without spending the client's budget.
+    app.add_middleware(
+        RateLimitMiddleware,
+        limiter=FixedWindowLimiter(settings.rate_limit_per_min),
+        prefixes=RATE_LIMITED,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -80,11 +89,4 @@ def create_app(
                 "X-RateLimit-Reset",
             ],
         )
-    # Added last so it runs first: a refused request costs no store read.
-    app.add_middleware(
-        RateLimitMiddleware,
-        limiter=FixedWindowLimiter(settings.rate_limit_per_min),
-        prefixes=RATE_LIMITED,
-        trusted_proxies=parse_networks(settings.trusted_proxies),
-    )
     return app
