@@ -222,6 +222,15 @@ def test_anomalies_beyond_hot_window_go_through_query(reader: MemoryReader) -> N
     assert stamps == sorted(stamps, reverse=True)
 
 
+def test_failing_cold_query_falls_back_to_the_hot_window(reader: MemoryReader) -> None:
+    def query(sql: str) -> list[dict[str, Any]]:
+        raise OSError("parquet unreadable")
+
+    with TestClient(make_app(reader, _query=query)) as c:
+        r = c.get("/sentiment/AAPL?hours=100")
+    assert r.status_code == 200 and r.json()["source"] == "hot" and r.json()["count"] == 2
+
+
 def test_sentiment_articles(client: TestClient) -> None:
     r = client.get("/sentiment/Aapl?hours=3")
     assert r.status_code == 200

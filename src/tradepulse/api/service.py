@@ -6,6 +6,7 @@ are pure functions so they are tested without a store.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,8 @@ from tradepulse.api.models import (
     Quote,
     Sentiment,
 )
+
+log = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 STRENGTHS = ("strong", "moderate", "weak", "none")
@@ -163,7 +166,11 @@ def _history(
     since_ns = time.time_ns() - hours * 3600 * 1_000_000_000
     if hours > ctx.settings.hot_retention_h and ctx.query is not None:
         sql = history_sql(table, ticker, time_column, since_ns, limit)
-        return [dict(r) for r in ctx.query(sql)], "hot+cold"
+        try:
+            return [dict(r) for r in ctx.query(sql)], "hot+cold"
+        except Exception as exc:
+            # The cold store being unreadable must not hide the hot data; "source" says so.
+            log.warning("cold query for %s failed (%s); serving the hot window", table, exc)
     return ctx.reader.rows_since(table, ticker, since_ns, limit), "hot"
 
 
