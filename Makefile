@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ASSETS_STAMP := src/tradepulse/api/static/vendor/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup assets run test test-quick lint bench soak stack-up stack-down up clean
+.PHONY: setup assets browser run test test-quick lint bench soak stack-up stack-down up clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,13 @@ assets: $(ASSETS_STAMP)
 $(ASSETS_STAMP): frontend/package.json frontend/package-lock.json scripts/build_assets.sh
 	@bash scripts/build_assets.sh
 
+browser:
+	@bash scripts/install_browser.sh
+
 run: setup assets
 	$(BIN)/tradepulse run
 
-test: setup assets
+test: setup assets browser
 	@bash scripts/test.sh $(PYTEST_ARGS)
 
 test-quick: setup

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
+import tradepulse
 from tradepulse.ops.metrics import REGISTRY
+
+# Modules register their metrics when imported; import them all so the check does not depend
+# on which tests ran first.
+for _mod in pkgutil.walk_packages(tradepulse.__path__, "tradepulse."):
+    if not _mod.name.endswith("__main__"):
+        importlib.import_module(_mod.name)
 
 pytestmark = pytest.mark.unit
 

@@ -65,8 +65,8 @@ class NewsStage:
             counts: dict[str, int] = defaultdict(int)
             for row in done:
                 counts[row["correlation_strength"]] += 1
-            for strength, n in counts.items():
-                metrics.SENTIMENT.labels(strength).inc(n)
+            for strength, count in counts.items():
+                metrics.SENTIMENT.labels(strength).inc(count)
 
     def warm(self, batch: WorkBatch) -> None:
         # Articles given here are the ones stored but not yet joined (pending at shutdown);

@@ -1,0 +1,1 @@
+"""Where events come from: the Polygon WebSocket and REST APIs, Finnhub news, flat files."""
