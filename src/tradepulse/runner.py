@@ -331,15 +331,19 @@ async def run_embedded(
 
     pipeline = Pipeline(settings, processor, hot.write, on_written=on_written)
     backend.warm()
+    pending: list[asyncio.Task[None]] = []  # disconnect records on their way into the log
 
     client = PolygonWSClient(
         ws_url,
         api_key,
         settings.tickers,
-        pipeline.log.queue,  # type: ignore[arg-type]
+        pipeline.log.queue,
         reconnect_base_s=settings.reconnect_base_s,
         reconnect_max_s=settings.reconnect_max_s,
         max_frame_bytes=settings.ws_max_frame_bytes,
+        on_disconnect=lambda d: pending.append(
+            asyncio.create_task(pipeline.log.put(Frame(recv_ts=now_ns(), disconnects=[d])))
+        ),
     )
 
     server = None
@@ -388,6 +392,8 @@ async def run_embedded(
     await client.stop()
     # Sources stop before the log closes, so nothing they accepted is left behind in it.
     await cancel_all([client_task, watcher, news_task])
+    for t in pending:
+        await t
     await pipeline.close_log()
     await proc_task
     await write_task
@@ -426,20 +432,23 @@ async def _news_poller(
         decoded = Decoded(trades=[], quotes=[], dead_letters=list(items), statuses=[])
         await pipeline.log.put(Frame(recv_ts=now_ns(), decoded=decoded, source="finnhub"))
 
-    base_url = (
-        f"{sim.http_url}/api/v1" if sim is not None and not settings.finnhub_api_key else None
-    )
+    sim_url = sim.http_url if sim is not None else None
+    use_sim = sim_url is not None and not settings.finnhub_api_key
+    if not use_sim and not settings.finnhub_api_key:
+        out("[tradepulse] news: FINNHUB_API_KEY is not set, company news is not polled")
+        return
     poller = poller_from_settings(
         settings,
         put_news,
         seen_path=data_paths(settings)["news_seen"],
-        base_url=base_url,
+        base_url=f"{sim_url}/api/v1" if use_sim else None,
+        api_key="simulator" if use_sim else None,
         on_dead_letters=put_dead,
     )
     try:
         await poller.run()
     finally:
-        await poller.stop()
+        poller.stop()
 
 
 async def _stop_when(aw: Awaitable[Any], stop: asyncio.Event) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from tradepulse.events import News
+from tradepulse.events import Disconnect, News
 from tradepulse.validate import Decoded
 
 
@@ -24,6 +24,7 @@ class Frame:
     raw: bytes | str | None = None
     decoded: Decoded | None = None
     news: list[News] | None = None
+    disconnects: list[Disconnect] | None = None
     source: str = "polygon-ws"
     position: tuple[str, str] | None = None  # (key, value) committed with the batch
 

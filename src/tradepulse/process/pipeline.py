@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tradepulse.events import DeadLetter, News, Quote, Trade
+from tradepulse.events import DeadLetter, Disconnect, News, Quote, Trade
 from tradepulse.log.embedded import Frame
 from tradepulse.ops import metrics
 from tradepulse.store.base import DerivedTable, StoreBatch
@@ -27,6 +27,7 @@ class WorkBatch:
     quotes: list[Quote] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     news: list[News] = field(default_factory=list)
+    disconnects: list[Disconnect] = field(default_factory=list)
     derived: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     positions: dict[str, str] = field(default_factory=dict)
     watermark_ns: int = 0  # the greatest event time seen so far, across tickers
@@ -54,6 +55,7 @@ class Processor:
         self.stages = list(stages)
         self.max_skew_ns = max_skew_ns
         self.watermark_ns = 0
+        self._last_seq: dict[str, int] = {}
 
     @property
     def tables(self) -> list[DerivedTable]:
@@ -71,15 +73,38 @@ class Processor:
                     now_ns=now_ns,
                     max_skew_ns=self.max_skew_ns,
                 )
+            if decoded is not None and frame.decoded is None:
+                self._check_sequence(decoded.trades)
             if decoded is not None:
                 batch.trades.extend(decoded.trades)
                 batch.quotes.extend(decoded.quotes)
                 batch.dead_letters.extend(decoded.dead_letters)
             if frame.news:
                 batch.news.extend(frame.news)
+            if frame.disconnects:
+                batch.disconnects.extend(frame.disconnects)
             if frame.position is not None:
                 batch.positions[frame.position[0]] = frame.position[1]
         return batch
+
+    def _check_sequence(self, trades: Sequence[Trade]) -> None:
+        """Count live trades whose sequence number repeats or goes backwards for its ticker
+        (holes are normal in Polygon's feed and are not counted)."""
+        last = self._last_seq
+        dup = back = 0
+        for t in trades:
+            prev = last.get(t.ticker, -1)
+            seq = t.sequence_number
+            if seq > prev:
+                last[t.ticker] = seq
+            elif seq == prev:
+                dup += 1
+            else:
+                back += 1
+        if dup:
+            metrics.SEQUENCE_ISSUES.labels("duplicate").inc(dup)
+        if back:
+            metrics.SEQUENCE_ISSUES.labels("out_of_order").inc(back)
 
     def run_stages(self, batch: WorkBatch) -> StoreBatch:
         for trade in batch.trades:
@@ -93,6 +118,7 @@ class Processor:
             trades=batch.trades,
             quotes=batch.quotes,
             dead_letters=batch.dead_letters,
+            disconnects=batch.disconnects,
             derived=batch.derived,
             positions=batch.positions,
         )

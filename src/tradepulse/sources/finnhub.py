@@ -612,11 +612,12 @@ def poller_from_settings(
     *,
     seen_path: Path,
     base_url: str | None = None,
+    api_key: str | None = None,
     on_dead_letters: DeadLetterSink | None = None,
 ) -> FinnhubPoller:
     """A poller for `settings.tickers` using the configured URL, key, interval and budget
-    (`base_url` overrides the URL, e.g. with the simulator's address)."""
-    key = settings.finnhub_api_key.get_secret_value() if settings.finnhub_api_key else None
+    (`base_url` and `api_key` override them, e.g. with the simulator's address and key)."""
+    key = settings.finnhub_api_key.get_secret_value() if settings.finnhub_api_key else api_key
     return FinnhubPoller(
         base_url or settings.finnhub_url,
         key,
