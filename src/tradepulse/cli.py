@@ -140,6 +140,54 @@ def query(
         typer.echo(rendered.rstrip("\n"))
 
 
+@app.command("eval")
+def evaluate(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Score stored anomalies and news correlations against the simulator's ground truth."""
+    settings = settings_or_exit(data_dir=data_dir)
+    truth = settings.data_dir / "truth"
+    if not (truth / "summary.json").exists():
+        raise fail(f"no simulator ground truth in {truth} (run `tradepulse run` on the simulator)")
+    if not (settings.data_dir / "hot.sqlite3").exists():
+        raise fail(f"no data in {settings.data_dir} (run `tradepulse run --data-dir ...` first)")
+    import orjson
+
+    from tradepulse.ops import evaluate_anomalies, evaluate_news
+    from tradepulse.process.stages import all_tables
+    from tradepulse.store.query import QueryEngine, QueryError
+
+    engine = QueryEngine(settings.data_dir, all_tables(settings))
+    try:
+        anomalies = engine.query_rows("select ticker, timestamp from anomalies")
+        try:
+            scored = engine.query_rows("select ticker, timestamp, anomaly_score from features")
+        except QueryError:
+            scored = None  # per-trade scores are not stored: AUC is reported as n/a
+        sentiment = engine.query_rows(
+            "select ticker, article_id, correlation_strength from market_sentiment"
+        )
+    except QueryError as exc:
+        raise fail(str(exc), code=1) from None
+    report: dict[str, object] = {}
+    if (truth / "anomalies.jsonl").exists():
+        report["anomalies"] = evaluate_anomalies.evaluate_anomalies(
+            anomalies,
+            evaluate_anomalies.load_truth(truth / "anomalies.jsonl"),
+            scored_rows=scored,
+        )
+    if (truth / "news.jsonl").exists():
+        report["news"] = evaluate_news.evaluate_correlation(sentiment, truth / "news.jsonl")
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    if "anomalies" in report:
+        typer.echo(evaluate_anomalies.format_report(report["anomalies"]))  # type: ignore[arg-type]
+    if "news" in report:
+        typer.echo(evaluate_news.format_report(report["news"]))  # type: ignore[arg-type]
+
+
 def _parse_time(value: str, name: str) -> int:
     """ns integer, YYYY-MM-DD (midnight America/New_York) or ISO-8601 datetime → ns."""
     from datetime import datetime
