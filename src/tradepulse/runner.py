@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,8 +293,14 @@ async def run_embedded(
     serve_api: bool = True,
     status_interval_s: float = 5.0,
     out: Callable[[str], None] = echo_err,
+    observers: Sequence[Callable[[StoreBatch, WriteResult, int], None]] = (),
+    on_start: Callable[[Pipeline], None] | None = None,
 ) -> RunSummary:
-    """Run every stage in this process until `duration_s` passes or SIGINT/SIGTERM arrives."""
+    """Run every stage in this process until `duration_s` passes or SIGINT/SIGTERM arrives.
+
+    `observers` see every committed batch with its write result and the commit time (ns), and
+    `on_start` gets the pipeline once it exists: the benchmark measures through these, so it
+    runs exactly the code path of `tradepulse run`."""
     from tradepulse.api.app import create_app
     from tradepulse.api.stream import Broadcaster
     from tradepulse.ops.health import HealthMonitor
@@ -324,6 +330,10 @@ async def run_embedded(
 
     def on_written(batch: StoreBatch, result: WriteResult) -> None:
         health.record_batch(len(batch), result.latency_s, pipeline.lag())
+        if observers:
+            done = now_ns()
+            for observe in observers:
+                observe(batch, result, done)
         for stage in stages:
             publish = getattr(stage, "publish", None)
             if publish is not None:
@@ -332,6 +342,8 @@ async def run_embedded(
     pipeline = Pipeline(settings, processor, hot.write, on_written=on_written)
     backend.warm()
     pending: list[asyncio.Task[None]] = []  # disconnect records on their way into the log
+    if on_start is not None:
+        on_start(pipeline)
 
     client = PolygonWSClient(
         ws_url,
@@ -341,6 +353,7 @@ async def run_embedded(
         reconnect_base_s=settings.reconnect_base_s,
         reconnect_max_s=settings.reconnect_max_s,
         max_frame_bytes=settings.ws_max_frame_bytes,
+        on_connection=health.set_feed,
         on_disconnect=lambda d: pending.append(
             asyncio.create_task(pipeline.log.put(Frame(recv_ts=now_ns(), disconnects=[d])))
         ),

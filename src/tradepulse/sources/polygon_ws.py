@@ -70,6 +70,7 @@ class PolygonWSClient:
         handshake_timeout_s: float = 10.0,
         channels: Sequence[str] = ("T", "Q"),
         on_disconnect: Callable[[Disconnect], None] | None = None,
+        on_connection: Callable[[bool], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
@@ -82,6 +83,7 @@ class PolygonWSClient:
         self.handshake_timeout_s = handshake_timeout_s
         self.channels = list(channels)
         self.on_disconnect = on_disconnect
+        self.on_connection = on_connection
         self.rng = rng or random.Random()
         self.connected = asyncio.Event()
         self.disconnects: list[Disconnect] = []
@@ -116,7 +118,7 @@ class PolygonWSClient:
                     if down_since is not None:
                         self._record(down_since, down_reason)
                         down_since = None
-                    self.connected.set()
+                    self._set_connected(True)
                     await self._read(ws)
                     down_reason = "closed by server"
             except AuthError:
@@ -130,7 +132,7 @@ class PolygonWSClient:
             finally:
                 self._ws = None
                 if self.connected.is_set():
-                    self.connected.clear()
+                    self._set_connected(False)
                     if not self._stop.is_set():
                         down_since = now_ns()
             if self._stop.is_set():
@@ -143,6 +145,14 @@ class PolygonWSClient:
             log.warning("feed disconnected (%s); reconnecting in %.2f s", down_reason, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _set_connected(self, up: bool) -> None:
+        if up:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        if self.on_connection is not None:
+            self.on_connection(up)
 
     async def _handshake(self, ws: ClientConnection) -> None:
         async def expect(wanted: set[str]) -> dict[str, Any]:
