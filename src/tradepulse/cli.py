@@ -78,7 +78,7 @@ def run(
     settings = settings_or_exit(data_dir=data_dir, port=port, tickers=tickers, backend=backend)
     if profile not in {"flat", "intraday", "market-open"}:
         raise fail(f"--profile must be flat, intraday or market-open (got {profile!r})")
-    from tradepulse.runner import run_embedded
+    from tradepulse.runner import StoreWriteError, run_embedded
     from tradepulse.sim import SimConfig
     from tradepulse.sources.polygon_ws import AuthError
 
@@ -96,7 +96,7 @@ def run(
         )
     except AuthError as exc:
         raise fail(f"authentication failed: {exc}", code=2) from None
-    except OSError as exc:
+    except (OSError, StoreWriteError) as exc:
         raise fail(f"{exc}", code=1) from None
     typer.echo(
         f"stored {summary.trades_stored:,} trades, {summary.quotes_stored:,} quotes, "

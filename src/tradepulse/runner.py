@@ -35,6 +35,10 @@ log = logging.getLogger("tradepulse.run")
 _STOP = Frame(recv_ts=-1)  # sentinel: the log is closed, drain and finish
 
 
+class StoreWriteError(Exception):
+    """A batch could not be committed (disk full, unwritable data dir, corrupt store)."""
+
+
 @dataclass
 class RunStats:
     started: float = field(default_factory=time.monotonic)
@@ -95,18 +99,30 @@ class Pipeline:
         self.backpressure = Backpressure(
             settings.backpressure_latency_ms / 1000, settings.backpressure_pause_ms / 1000
         )
+        # Set when a write fails: the processor stops taking frames and the run ends with the
+        # error instead of hanging on a writer that will never take another batch.
+        self.error: BaseException | None = None
+        self.failed = asyncio.Event()
 
     def lag(self) -> int:
         return self.stats.lag(self.log.depth())
 
     async def close_log(self) -> None:
-        await self.log.put(_STOP)
+        if self.error is None:
+            await self.log.put(_STOP)
+        else:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.log.queue.put_nowait(_STOP)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise StoreWriteError(f"store write failed: {self.error}") from self.error
 
     async def process_loop(self) -> None:
         max_frames = max(1, self.settings.batch_max_events // 8)
         wait_s = self.settings.batch_max_ms / 1000
         done = False
-        while not done:
+        while not done and self.error is None:
             await self.backpressure.wait()
             frames = await self.log.take(max_frames, wait_s)
             if any(f is _STOP for f in frames):
@@ -129,7 +145,15 @@ class Pipeline:
 
     async def write_loop(self) -> None:
         while (batch := await self._write_q.get()) is not None:
-            result = await asyncio.to_thread(self._write, batch)
+            if self.error is not None:
+                continue  # drain, so the processor is never blocked on a dead writer
+            try:
+                result = await asyncio.to_thread(self._write, batch)
+            except Exception as exc:
+                log.error("store write failed: %s", exc)
+                self.error = exc
+                self.failed.set()
+                continue
             done_ns = now_ns()
             self._account(batch, result, done_ns)
             self.backpressure.observe(result.latency_s)
@@ -395,6 +419,7 @@ async def run_embedded(
         stop.set()
 
     watcher = asyncio.create_task(watch_client())
+    tasks.append(asyncio.create_task(_stop_when(pipeline.failed.wait(), stop)))
     await run_until(stop, duration_s)
     stop.set()
 
@@ -410,11 +435,13 @@ async def run_embedded(
     await pipeline.close_log()
     await proc_task
     await write_task
-    await flush_cold()
+    if pipeline.error is None:
+        await flush_cold()
     if server is not None:
         server.should_exit = True
     await cancel_all(tasks)
     backend.close()
+    pipeline.raise_if_failed()
     s = pipeline.stats
     if client_task.done() and not client_task.cancelled():
         exc = client_task.exception()
@@ -494,6 +521,7 @@ async def batch_pipeline(settings: Settings) -> AsyncIterator[tuple[Pipeline, Em
             await pipeline.close_log()
             await proc_task
             await write_task
+            pipeline.raise_if_failed()
             await asyncio.to_thread(backend.cold.flush)
         finally:
             await cancel_all([t for t in (proc_task, write_task) if not t.done()])
