@@ -76,6 +76,9 @@ def run(
 ) -> None:
     """Run the whole pipeline (simulator unless POLYGON_API_KEY is set) with API and dashboard."""
     settings = settings_or_exit(data_dir=data_dir, port=port, tickers=tickers, backend=backend)
+    if settings.backend == "cluster":
+        # Said plainly rather than silently running the embedded stores under a cluster flag.
+        raise fail("the cluster backend cannot be run by `tradepulse run` yet; use embedded")
     if profile not in {"flat", "intraday", "market-open"}:
         raise fail(f"--profile must be flat, intraday or market-open (got {profile!r})")
     from tradepulse.runner import StoreWriteError, run_embedded
