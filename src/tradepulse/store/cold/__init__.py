@@ -1,0 +1,1 @@
+"""Cold stores: the full history as Snappy Parquet in a Hive layout (local files, S3)."""

@@ -1,0 +1,1 @@
+"""Hot stores: the latest 48 h for fast reads (SQLite embedded, DynamoDB at scale)."""
