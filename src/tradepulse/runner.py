@@ -387,7 +387,11 @@ async def run_embedded(
     if serve_api:
         import uvicorn
 
-        app = create_app(settings, hot, health, broadcaster)
+        from tradepulse.store.query import QueryEngine
+
+        # Look-backs past the hot window (hours > 48) read hot + cold through the query layer.
+        engine = QueryEngine(settings.data_dir, processor.tables)
+        app = create_app(settings, hot, health, broadcaster, query=engine.query_rows)
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
         )
