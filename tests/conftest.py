@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-_FOLDER_MARKS = {"unit": "unit", "integration": "integration", "e2e": "e2e", "fault": "fault"}
+_FOLDER_MARKS = {
+    "unit": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "fault": "fault",
+    "cluster": "cluster",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -283,6 +283,223 @@ def backfill(
     )
 
 
+@app.command()
+def sim(
+    port: Annotated[int, typer.Option(help="Port for WebSocket and REST (0 = any free).")] = (
+        SIM_DEFAULT_PORT
+    ),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    rate: Annotated[float, typer.Option(help="Base events/s (trades + quotes).")] = 2000.0,
+    tickers: Tickers = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after N events.")] = None,
+    profile: Annotated[str, typer.Option(help="flat|intraday|market-open.")] = "intraday",
+    anomaly_rate: Annotated[
+        float, typer.Option(help="Injected anomalies per ticker per minute.")
+    ] = 0.5,
+    jump_pct: Annotated[float, typer.Option(help="Price jump size, %.")] = 3.0,
+    burst_mult: Annotated[float, typer.Option(help="Volume burst size multiplier.")] = 10.0,
+    news_rate: Annotated[float, typer.Option(help="Articles per ticker per minute.")] = 0.5,
+    news_spike_prob: Annotated[
+        float, typer.Option(help="Share of articles with a volume spike.")
+    ] = 0.5,
+    bad_rate: Annotated[float, typer.Option(help="Share of malformed events.")] = 0.0,
+    truth_dir: Annotated[
+        Path | None, typer.Option(help="Write ground truth (summary, anomalies, news) here.")
+    ] = None,
+) -> None:
+    """Serve the market simulator: Polygon WebSocket + /v3/trades and Finnhub company news."""
+    from tradepulse.config import DEFAULT_TICKERS
+    from tradepulse.sim import MarketSimulator, SimConfig
+
+    symbols = [t for t in (tickers or "").split(",") if t.strip()] or list(DEFAULT_TICKERS)
+    try:
+        cfg = SimConfig(
+            tickers=symbols,
+            rate=rate,
+            seed=seed,
+            bad_rate=bad_rate,
+            profile=profile,  # type: ignore[arg-type]
+            truth_dir=truth_dir,
+            duration_s=duration,
+            count=count,
+            anomaly_rate=anomaly_rate,
+            jump_pct=jump_pct,
+            burst_mult=burst_mult,
+            news_rate=news_rate,
+            news_spike_prob=news_spike_prob,
+            host=host,
+            port=port,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    async def serve() -> None:
+        import contextlib
+        import signal
+
+        simulator = MarketSimulator(cfg)
+        await simulator.start()
+        typer.echo(f"simulator WebSocket {simulator.ws_url}")
+        typer.echo(f"simulator REST {simulator.http_url} (API key {cfg.api_key!r})")
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, interrupted.set)
+        waiters = [
+            asyncio.create_task(simulator.wait_finished()),
+            asyncio.create_task(interrupted.wait()),
+        ]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        await simulator.stop()
+        gen = simulator.generator
+        sent = gen.total_events if gen is not None else 0
+        where = f"; truth in {cfg.truth_dir}" if cfg.truth_dir is not None else ""
+        typer.echo(f"simulator stopped after {sent:,} events{where}")
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise fail(f"cannot serve on {host}:{port}: {exc}", code=1) from None
+
+
+# -- stack: the real local engines for the cluster backend -------------------------------------
+stack_app = typer.Typer(
+    help="Run the cluster backend's engines locally (Kafka, DynamoDB, SQS, S3), no Docker.",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+StackServices = Annotated[
+    str | None,
+    typer.Option("--services", help="Comma-separated: kafka,dynamodb,sqs,s3 (default: all)."),
+]
+
+
+def _stack_names(services: str | None) -> list[str]:
+    from tradepulse.ops.stack import parse_services
+
+    try:
+        return parse_services(services)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+@stack_app.command("up")
+def stack_up(
+    services: StackServices = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for each service (default per service).")
+    ] = None,
+) -> None:
+    """Fetch (once, into the cache) and start the services; reuse the ones already running."""
+    from tradepulse.ops.stack import Stack, StackError, format_status
+
+    names = _stack_names(services)
+    try:
+        statuses = Stack(settings_or_exit(), echo=typer.echo).up(names, timeout_s=timeout)
+    except StackError as exc:
+        raise fail(str(exc), code=1) from None
+    typer.echo(format_status(statuses))
+
+
+@stack_app.command("down")
+def stack_down(
+    services: StackServices = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete their data (Kafka log, S3 objects).")
+    ] = False,
+) -> None:
+    """Stop the services `stack up` started (by pid)."""
+    from tradepulse.ops.stack import Stack
+
+    names = _stack_names(services)
+    stopped = Stack(settings_or_exit(), echo=typer.echo).down(names, purge=purge)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status(services: StackServices = None) -> None:
+    """Each service's endpoint, pid and health; exit 1 unless all are healthy."""
+    from tradepulse.ops.stack import Stack, StackError, format_status
+
+    names = _stack_names(services)
+    try:
+        statuses = Stack(settings_or_exit()).status(names)
+    except StackError as exc:
+        raise fail(str(exc), code=1) from None
+    typer.echo(format_status(statuses))
+    if not all(st.healthy for st in statuses):
+        raise typer.Exit(code=1)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    service: Annotated[
+        str | None, typer.Argument(help="kafka|dynamodb|sqs|s3 (default: all).")
+    ] = None,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines from the end.", min=0)] = 50,
+) -> None:
+    """Print the end of a service's log."""
+    from tradepulse.ops.stack import Stack
+
+    names = _stack_names(service)
+    stack = Stack(settings_or_exit())
+    for name in names:
+        if len(names) > 1:
+            typer.echo(f"==> {stack.log_path(name)} <==")
+        for line in stack.tail(name, lines):
+            typer.echo(line)
+
+
+@app.command()
+def bench(
+    backend: Annotated[str, typer.Option(help="embedded (cluster: not yet).")] = "embedded",
+    scenario: Annotated[
+        str, typer.Option(help="market-open|sustained|burst|max.")
+    ] = "market-open",
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Seconds of the sustained part (max: of each step).", min=0.1),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Sustained events/s (default 15,000).", min=1)
+    ] = None,
+    tickers: Annotated[int, typer.Option("--tickers", help="Number of tickers.", min=1)] = 5,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run, under 2 minutes.")] = False,
+    out: Annotated[Path, typer.Option(help="Report directory.")] = Path("docs/benchmarks"),
+) -> None:
+    """Load the real pipeline from the simulator, run the baseline peer, write the report."""
+    from tradepulse.bench import BenchOptions, run_bench
+    from tradepulse.bench.report import summary_lines
+    from tradepulse.bench.scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        raise fail(f"--scenario must be one of {', '.join(SCENARIOS)} (got {scenario!r})")
+    if backend != "embedded":
+        raise fail(f"--backend {backend!r} is not benchmarked yet (only embedded)")
+    opts = BenchOptions(
+        backend=backend,
+        scenario=scenario,
+        duration_s=duration,
+        rate=rate,
+        tickers=tickers,
+        quick=quick,
+        out=out,
+        command="tradepulse " + " ".join(sys.argv[1:]),
+    )
+    try:
+        doc = run_bench(opts, echo=lambda line: typer.echo(line, err=True))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for line in summary_lines(doc):
+        typer.echo(line)
+
+
 def main() -> None:
     try:
         app()

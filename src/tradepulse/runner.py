@@ -384,6 +384,7 @@ async def run_embedded(
     )
 
     server = None
+    api_task: asyncio.Task[None] | None = None
     if serve_api:
         import uvicorn
 
@@ -395,7 +396,7 @@ async def run_embedded(
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
         )
-        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        api_task = asyncio.create_task(server.serve(), name="api")
         out(f"[tradepulse] dashboard and API on http://{settings.host}:{settings.port}")
 
     client_task = asyncio.create_task(client.run(), name="ws-client")
@@ -429,6 +430,7 @@ async def run_embedded(
 
     # Orderly drain: source first, then log → processor → writer, then the cold flush.
     if sim is not None:
+        client.expect_close()
         await sim.stop()
         await wait_disconnected(client, timeout_s=5.0)
     await client.stop()
@@ -441,8 +443,13 @@ async def run_embedded(
     await write_task
     if pipeline.error is None:
         await flush_cold()
-    if server is not None:
+    if server is not None and api_task is not None:
+        # A graceful exit lets uvicorn finish its lifespan; cancelling it mid-way logs a
+        # CancelledError traceback on every shutdown.
         server.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(api_task), 5.0)
+        tasks.append(api_task)
     await cancel_all(tasks)
     backend.close()
     pipeline.raise_if_failed()

@@ -90,7 +90,13 @@ class PolygonWSClient:
         self.connections = 0
         self.frames = 0
         self._stop = asyncio.Event()
+        self._closing = False
         self._ws: ClientConnection | None = None
+
+    def expect_close(self) -> None:
+        """The server is about to close on purpose (the simulator at the end of a run): read to
+        the close, then end instead of reconnecting."""
+        self._closing = True
 
     async def stop(self) -> None:
         self._stop.set()
@@ -133,9 +139,9 @@ class PolygonWSClient:
                 self._ws = None
                 if self.connected.is_set():
                     self._set_connected(False)
-                    if not self._stop.is_set():
+                    if not (self._stop.is_set() or self._closing):
                         down_since = now_ns()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing:
                 break
             if down_since is None:
                 down_since = now_ns()
