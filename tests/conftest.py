@@ -1,4 +1,4 @@
-"""Shared test fixtures. Tests are marked by folder (unit, integration, e2e, fault) automatically."""
+"""Shared test fixtures. Tests are marked by folder (unit, integration, e2e, fault, cluster)."""
 
 from __future__ import annotations
 

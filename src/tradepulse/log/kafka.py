@@ -72,6 +72,9 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 256 * 1024,
         # A stopped broker must not lose what we buffered: retry until delivery.timeout.ms.
         "delivery.timeout.ms": 300_000,
+        # librdkafka refuses a transactional producer whose delivery timeout exceeds the
+        # transaction timeout (default 60 s); the broker allows up to 15 min.
+        "transaction.timeout.ms": 300_000,
         **extra,
     }
 
