@@ -459,9 +459,7 @@ def stack_logs(
 @app.command()
 def bench(
     backend: Annotated[str, typer.Option(help="embedded (cluster: not yet).")] = "embedded",
-    scenario: Annotated[
-        str, typer.Option(help="market-open|sustained|burst|max.")
-    ] = "market-open",
+    scenario: Annotated[str, typer.Option(help="market-open|sustained|burst|max.")] = "market-open",
     duration: Annotated[
         float | None,
         typer.Option(help="Seconds of the sustained part (max: of each step).", min=0.1),

@@ -344,9 +344,12 @@ async def run_embedded(
     ws_url = settings.polygon_ws_url
     api_key = settings.polygon_api_key.get_secret_value() if settings.polygon_api_key else ""
     if settings.resolved_source == "sim":
-        from tradepulse.sim import MarketSimulator
+        from tradepulse.sim import MarketSimulator, SimConfig
 
-        sim = MarketSimulator(sim_config)
+        cfg = sim_config or SimConfig(
+            tickers=list(settings.tickers), rate=2000.0, truth_dir=paths["truth"]
+        )
+        sim = MarketSimulator(cfg)
         await sim.start()
         ws_url = sim.ws_url
         api_key = api_key or "simulator"

@@ -1,0 +1,110 @@
+"""The product through its public surface: `tradepulse run` serving the API while it runs,
+then `tradepulse query` agreeing with the simulator's ground truth; bad configuration exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+TP = [sys.executable, "-m", "tradepulse"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TRADEPULSE_") and k not in {"POLYGON_API_KEY", "FINNHUB_API_KEY"}
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _query(data: Path, sql: str, env: dict[str, str], cwd: Path) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [*TP, "query", "--data-dir", str(data), "--json", sql],
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=True,
+    )
+    rows: list[dict[str, object]] = orjson.loads(out.stdout)
+    return rows
+
+
+def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: int) -> None:
+    data, env = tmp_path / "data", _env(tmp_path)
+    cmd = [*TP, "run", "--duration", "15", "--data-dir", str(data), "--port", str(port),
+           "--bad-rate", "0.001", "--rate", "2000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        quote = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{base}/quotes/AAPL", timeout=2)
+                if r.status_code == 200:
+                    quote = r.json()
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        assert quote is not None, "the API never served a quote"
+        assert quote["ticker"] == "AAPL"
+        for field in ("price", "volume", "timestamp", "sequence_number"):
+            assert field in quote
+        health = httpx.get(f"{base}/health", timeout=2)
+        assert health.status_code == 200
+        assert health.json()["status"] in {"healthy", "degraded"}
+        missing = httpx.get(f"{base}/quotes/ZZZZ", timeout=2)
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/json")
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"[tradepulse]" in err  # the status line
+
+    truth = orjson.loads((data / "truth" / "summary.json").read_bytes())
+    trades = _query(data, "select count(*) as n from trades", env, tmp_path)[0]["n"]
+    dlq = _query(data, "select count(*) as n from dlq", env, tmp_path)[0]["n"]
+    assert trades == sum(truth["valid_trades"].values())
+    assert dlq == truth["malformed"]
+    assert list((data / "cold" / "trades").glob("date=*/ticker=AAPL/*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("env_over", "needle"),
+    [
+        ({"TRADEPULSE_PORT": "not-a-port"}, "TRADEPULSE_PORT"),
+        ({"TRADEPULSE_TICKERS": "aapl,$$$"}, "TRADEPULSE_TICKERS"),
+        ({"TRADEPULSE_BACKEND": "mainframe"}, "TRADEPULSE_BACKEND"),
+    ],
+)
+def test_bad_configuration_is_one_clear_message_and_exit_2(
+    tmp_path: Path, env_over: dict[str, str], needle: str
+) -> None:
+    env = {**_env(tmp_path), **env_over}
+    r = subprocess.run([*TP, "run", "--duration", "1"], capture_output=True, env=env,
+                       cwd=tmp_path, timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert needle in r.stderr.decode()
+    assert "Traceback" not in r.stderr.decode()
+
+
+def test_query_without_data_is_a_clear_error(tmp_path: Path) -> None:
+    cmd = [*TP, "query", "--data-dir", str(tmp_path / "none"), "select 1"]
+    r = subprocess.run(cmd, capture_output=True, env=_env(tmp_path), cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert "no data" in r.stderr.decode()
