@@ -1,0 +1,131 @@
+"""PNG plots of a bench report (matplotlib, Agg: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+
+def _phase_lines(ax: Any, phases: list[dict[str, Any]]) -> None:
+    for p in phases[1:]:
+        ax.axvline(p["start_s"], color="grey", linestyle=":", linewidth=1)
+
+
+def write_plots(doc: dict[str, Any], out: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    live = doc.get("live")
+    if live:
+        files["plot_throughput_lag"] = str(_throughput_lag(live, out / "throughput_lag.png"))
+        files["plot_latency"] = str(_latency(live, out / "latency.png"))
+        files["plot_resources"] = str(_resources(live, out / "resources.png"))
+    if doc.get("max"):
+        files["plot_max"] = str(_max(doc["max"], out / "max_rate.png"))
+    return files
+
+
+def _throughput_lag(live: dict[str, Any], path: Path) -> Path:
+    tl = live["timeline"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    tp = tl["throughput"]
+    ax1.step([s for s, _ in tp], [n for _, n in tp], where="post", label="committed")
+    offered_x: list[float] = []
+    offered_y: list[float] = []
+    for p in live["phases"]:
+        offered_x += [p["start_s"], p["start_s"] + p["seconds"]]
+        offered_y += [p["offered_rate"], p["offered_rate"]]
+    ax1.plot(offered_x, offered_y, color="tab:orange", linestyle="--", label="offered")
+    ax1.set_ylabel("events/s")
+    ax1.legend(loc="upper left")
+    ax1.set_title("Throughput (1 s buckets) and consumer lag")
+    samples = tl["samples"]
+    ax2.plot([s[0] for s in samples], [s[1] for s in samples], color="tab:red")
+    ax2.set_ylabel("lag (events)")
+    ax2.set_xlabel("seconds since start")
+    for ax in (ax1, ax2):
+        _phase_lines(ax, live["phases"])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _latency(live: dict[str, Any], path: Path) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    keys = ["p50", "p90", "p99", "p99.9", "max"]
+    groups = [("all", live["latency_ms"])] + [(p["phase"], p["latency_ms"]) for p in live["phases"]]
+    width = 0.8 / len(groups)
+    for i, (name, lat) in enumerate(groups):
+        if not lat.get("count"):
+            continue
+        xs = [k + i * width for k in range(len(keys))]
+        ax1.bar(xs, [lat[k] for k in keys], width=width, label=name)
+    ax1.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("ms (log)")
+    ax1.set_title("End-to-end latency percentiles")
+    ax1.legend()
+    ax1.grid(alpha=0.3, axis="y")
+    hist = live.get("latency_histogram") or []
+    if hist:
+        # HDR buckets are 0.1 % wide: regroup them into log-spaced bins to show the shape.
+        vals = np.array([max(v, 1e-3) for v, _ in hist])
+        counts = np.array([c for _, c in hist])
+        edges = np.geomspace(vals.min(), vals.max() * 1.001, 60)
+        binned, _ = np.histogram(vals, bins=edges, weights=counts)
+        ax2.bar(edges[:-1], binned, width=np.diff(edges), align="edge")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+    ax2.set_xlabel("latency ms (log)")
+    ax2.set_ylabel("events")
+    ax2.set_title("End-to-end latency histogram (whole run)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _resources(live: dict[str, Any], path: Path) -> Path:
+    samples = live["timeline"]["samples"]
+    fig, ax1 = plt.subplots(figsize=(10, 3.5))
+    ts = [s[0] for s in samples]
+    ax1.plot(ts, [s[3] for s in samples], color="tab:blue", label="RSS MiB")
+    ax1.set_ylabel("RSS MiB")
+    ax2 = ax1.twinx()
+    ax2.plot(ts, [s[4] for s in samples], color="tab:green", alpha=0.6, label="CPU %")
+    ax2.set_ylabel("CPU % (100 = one core)")
+    ax1.set_xlabel("seconds since start")
+    ax1.set_title("Process RSS and CPU")
+    _phase_lines(ax1, live["phases"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _max(mx: dict[str, Any], path: Path) -> Path:
+    steps = mx["steps"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = [s["offered_rate"] for s in steps]
+    ax.plot(xs, xs, color="grey", linestyle=":", label="offered")
+    ax.plot(xs, [s["committed_rate_mean"] or 0 for s in steps], marker="o", label="committed")
+    for s in steps:
+        if not s["bounded"]:
+            ax.annotate("lag unbounded", (s["offered_rate"], s["committed_rate_mean"] or 0))
+    ax.set_xlabel("offered events/s")
+    ax.set_ylabel("committed events/s")
+    ax.set_title("Rate steps (max search)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
