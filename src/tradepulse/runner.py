@@ -319,12 +319,15 @@ async def run_embedded(
     out: Callable[[str], None] = echo_err,
     observers: Sequence[Callable[[StoreBatch, WriteResult, int], None]] = (),
     on_start: Callable[[Pipeline], None] | None = None,
+    until_feed_closes: bool = False,
 ) -> RunSummary:
     """Run every stage in this process until `duration_s` passes or SIGINT/SIGTERM arrives.
 
     `observers` see every committed batch with its write result and the commit time (ns), and
     `on_start` gets the pipeline once it exists: the benchmark measures through these, so it
-    runs exactly the code path of `tradepulse run`."""
+    runs exactly the code path of `tradepulse run`. `until_feed_closes` ends the run when
+    the feed's server closes the connection (an external simulator that finished), after
+    everything it sent has been read."""
     from tradepulse.api.app import create_app
     from tradepulse.api.stream import Broadcaster
     from tradepulse.ops.health import HealthMonitor
@@ -402,6 +405,8 @@ async def run_embedded(
         api_task = asyncio.create_task(server.serve(), name="api")
         out(f"[tradepulse] dashboard and API on http://{settings.host}:{settings.port}")
 
+    if until_feed_closes:
+        client.expect_close()
     client_task = asyncio.create_task(client.run(), name="ws-client")
     proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
     write_task = asyncio.create_task(pipeline.write_loop(), name="writer")

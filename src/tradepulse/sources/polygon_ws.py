@@ -141,7 +141,7 @@ class PolygonWSClient:
                     self._set_connected(False)
                     if not (self._stop.is_set() or self._closing):
                         down_since = now_ns()
-            if self._stop.is_set() or self._closing:
+            if self._stop.is_set() or (self._closing and self.connections):
                 break
             if down_since is None:
                 down_since = now_ns()
