@@ -240,6 +240,7 @@ def replay(
     typer.echo(
         f"replayed {s.rows:,} rows: {s.trades:,} trades ({s.trades_stored:,} new), "
         f"{s.quotes:,} quotes, {s.dead_letters:,} dead letters in {s.seconds:.1f} s"
+        + (f"; {s.already_cold:,} already in the cold store" if s.already_cold else "")
     )
 
 

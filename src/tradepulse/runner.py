@@ -535,6 +535,15 @@ async def batch_pipeline(settings: Settings) -> AsyncIterator[tuple[Pipeline, Em
         pipeline = Pipeline(settings, backend.processor, backend.hot.write)
         proc_task = asyncio.create_task(pipeline.process_loop())
         write_task = asyncio.create_task(pipeline.write_loop())
+
+        def on_done(task: asyncio.Task[None]) -> None:
+            # A processor that died (a stage raised) takes no more frames: record it so
+            # sources waiting for room in the log stop instead of waiting forever.
+            if not task.cancelled() and task.exception() is not None and pipeline.error is None:
+                pipeline.error = task.exception()
+                pipeline.failed.set()
+
+        proc_task.add_done_callback(on_done)
         try:
             yield pipeline, backend
             await pipeline.close_log()
@@ -548,6 +557,60 @@ async def batch_pipeline(settings: Settings) -> AsyncIterator[tuple[Pipeline, Em
         backend.close()
 
 
+class ColdKeys:
+    """Identities of the trades/quotes already in the cold store, per (table, day, ticker).
+
+    The hot store's unique key only sees rows still inside the hot window: a replay or
+    backfill of data older than the retention would otherwise insert those rows into hot
+    again and the next flush would write a second cold copy. Replay and backfill drop such
+    rows before processing (so no derived row is computed twice either). Each partition's
+    sequence numbers are read once, one Parquet column, as a sorted int64 array."""
+
+    def __init__(self, cold_root: Path) -> None:
+        self.root = cold_root
+        self._cache: dict[tuple[str, int, str], Any] = {}
+
+    def _keys(self, table: str, day: int, ticker: str) -> Any:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        from tradepulse.market_time import day_iso
+
+        k = (table, day, ticker)
+        got = self._cache.get(k)
+        if got is None:
+            d = self.root / table / f"date={day_iso(day)}" / f"ticker={ticker}"
+            parts = [
+                pq.read_table(f, columns=["sequence_number"]).column(0).to_numpy()
+                for f in sorted(d.glob("part-*.parquet"))
+            ]
+            got = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+            self._cache[k] = got
+        return got
+
+    def drop_stored(self, table: str, events: list[Any]) -> tuple[list[Any], int]:
+        """`events` without those whose identity the cold store holds; and how many."""
+        if not events or not (self.root / table).is_dir():
+            return events, 0
+        import numpy as np
+
+        from tradepulse.market_time import trading_day
+
+        keep = np.ones(len(events), dtype=bool)
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, ev in enumerate(events):
+            groups.setdefault((trading_day(ev.timestamp), ev.ticker), []).append(i)
+        for (day, ticker), idx in groups.items():
+            known = self._keys(table, day, ticker)
+            if len(known):
+                seqs = np.fromiter((events[i].sequence_number for i in idx), np.int64, len(idx))
+                keep[np.asarray(idx)[np.isin(seqs, known)]] = False
+        dropped = int((~keep).sum())
+        if not dropped:
+            return events, 0
+        return [ev for ev, k in zip(events, keep.tolist(), strict=True) if k], dropped
+
+
 @dataclass
 class ReplaySummary:
     rows: int
@@ -556,6 +619,7 @@ class ReplaySummary:
     dead_letters: int
     trades_stored: int
     seconds: float
+    already_cold: int = 0  # trades/quotes skipped: the cold store already holds them
 
 
 async def run_replay(
@@ -572,12 +636,13 @@ async def run_replay(
     resumes where it stopped; identity-keyed writes make a repeated replay a no-op.
     """
     from tradepulse.sources.replay import read_flat_file
-    from tradepulse.validate import Decoded
 
-    totals = {"rows": 0, "trades": 0, "quotes": 0, "dead": 0}
+    totals = {"rows": 0, "trades": 0, "quotes": 0, "dead": 0, "in_cold": 0}
     started = time.monotonic()
+    frame_events = max(1, settings.batch_max_events)
     async with batch_pipeline(settings) as (pipeline, backend):
         hot = backend.hot
+        cold_keys = ColdKeys(backend.paths["cold"])
         for path in files:
             key = f"replay:{path.resolve()}"
             start_row = int(hot.position(key) or 0)
@@ -586,30 +651,33 @@ async def run_replay(
             wall0 = time.monotonic()
             last_report = 0.0
             for chunk in read_flat_file(path, ingest_ts=now_ns(), start_row=start_row):
-                if speed is not None and chunk.first_ts:
-                    first_ts = first_ts or chunk.first_ts
-                    due = (chunk.first_ts - first_ts) / NS_PER_S / speed
-                    ahead = due - (time.monotonic() - wall0)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-                decoded = Decoded(
-                    trades=chunk.trades,
-                    quotes=chunk.quotes,
-                    dead_letters=chunk.dead_letters,
-                    statuses=[],
-                )
-                await pipeline.log.put(
-                    Frame(
-                        recv_ts=now_ns(),
-                        decoded=decoded,
-                        source=f"replay:{path.name}",
-                        position=(key, str(chunk.rows)),
+                chunk.trades, dropped_t = cold_keys.drop_stored("trades", chunk.trades)
+                chunk.quotes, dropped_q = cold_keys.drop_stored("quotes", chunk.quotes)
+                totals["in_cold"] += dropped_t + dropped_q
+                for decoded, last, frame_ts in _replay_frames(chunk, frame_events):
+                    if speed is not None and frame_ts:
+                        first_ts = first_ts or frame_ts
+                        due = (frame_ts - first_ts) / NS_PER_S / speed
+                        ahead = due - (time.monotonic() - wall0)
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
+                    await _wait_for_room(pipeline, max_depth=2)
+                    await pipeline.log.put(
+                        Frame(
+                            recv_ts=now_ns(),
+                            decoded=decoded,
+                            source=f"replay:{path.name}",
+                            # Only a chunk's last frame commits its row count: a restart
+                            # re-reads a half-stored chunk, and identity makes that a no-op.
+                            position=(key, str(chunk.rows)) if last else None,
+                        )
                     )
-                )
                 totals["trades"] += len(chunk.trades)
                 totals["quotes"] += len(chunk.quotes)
                 totals["dead"] += len(chunk.dead_letters)
-                totals["rows"] = totals["trades"] + totals["quotes"] + totals["dead"]
+                totals["rows"] = (
+                    totals["trades"] + totals["quotes"] + totals["dead"] + totals["in_cold"]
+                )
                 now = time.monotonic()
                 if progress is not None and now - last_report >= 1.0:
                     last_report = now
@@ -625,7 +693,41 @@ async def run_replay(
         dead_letters=totals["dead"],
         trades_stored=pipeline.stats.trades_stored,
         seconds=seconds,
+        already_cold=totals["in_cold"],
     )
+
+
+def _replay_frames(chunk: Any, size: int) -> list[tuple[Any, bool, int]]:
+    """A reader chunk (one CSV block, ~100k rows) as decoded frames of at most `size` events.
+
+    The log bounds frames, not events, and the processor takes many frames per batch
+    (sized for WebSocket frames of a few events): chunk-sized frames would let a whole file
+    pile up in the queue and reach the stages as one giant batch."""
+    from tradepulse.validate import Decoded
+
+    out: list[tuple[Any, bool, int]] = []
+    parts = [("trades", chunk.trades), ("quotes", chunk.quotes), ("dead", chunk.dead_letters)]
+    for name, items in parts:
+        for i in range(0, len(items), size):
+            piece = items[i : i + size]
+            decoded = Decoded(
+                trades=piece if name == "trades" else [],
+                quotes=piece if name == "quotes" else [],
+                dead_letters=piece if name == "dead" else [],
+                statuses=[],
+            )
+            out.append((decoded, False, 0 if name == "dead" else piece[0].timestamp))
+    if not out:
+        out.append((Decoded(trades=[], quotes=[], dead_letters=[], statuses=[]), False, 0))
+    out[-1] = (out[-1][0], True, out[-1][2])
+    return out
+
+
+async def _wait_for_room(pipeline: Pipeline, max_depth: int) -> None:
+    """Hold the reader while the log already holds `max_depth` frames: memory then stays at a
+    few frames' worth of events whatever the file size. Ends early if the writer failed."""
+    while pipeline.log.depth() >= max_depth and pipeline.error is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.002)
 
 
 def _progress_line(path: Path, frac: float, rows: int, elapsed: float) -> str:
@@ -667,13 +769,20 @@ async def run_backfill(
     from tradepulse.validate import Decoded
 
     started = time.monotonic()
-    fetched = 0
-    async with batch_pipeline(settings) as (pipeline, _), httpx.AsyncClient(timeout=30.0) as client:
+    fetched = in_cold = 0
+    async with (
+        batch_pipeline(settings) as (pipeline, backend),
+        httpx.AsyncClient(timeout=30.0) as client,
+    ):
+        cold_keys = ColdKeys(backend.paths["cold"])
         for ticker in tickers:
             async for page in fetch_trades(client, base_url, api_key, ticker, from_ns, to_ns):
                 trades, dead = convert_results(ticker, page, now_ns(), "polygon-rest")
+                trades, dropped = cold_keys.drop_stored("trades", trades)
+                in_cold += dropped
                 fetched += len(page)
                 decoded = Decoded(trades=trades, quotes=[], dead_letters=dead, statuses=[])
+                await _wait_for_room(pipeline, max_depth=2)  # a page is up to 50,000 trades
                 await pipeline.log.put(
                     Frame(recv_ts=now_ns(), decoded=decoded, source="polygon-rest")
                 )
@@ -683,7 +792,7 @@ async def run_backfill(
     return BackfillSummary(
         fetched=fetched,
         trades_stored=s.trades_stored,
-        duplicates=s.trades_duplicate,
+        duplicates=s.trades_duplicate + in_cold,
         dead_letters=s.dead_letters,
         seconds=time.monotonic() - started,
     )

@@ -89,3 +89,18 @@ def test_rejects_a_file_that_is_not_a_flat_file(tmp_path: Path) -> None:
     f.write_text("a,b,c\n1,2,3\n")
     with pytest.raises(ReplayError, match="not a Polygon trades or quotes flat file"):
         detect_kind(f)
+
+
+@pytest.mark.parametrize("third", ["correction", "correlation"])
+def test_either_spelling_of_the_correction_column_is_a_trades_file(
+    tmp_path: Path, third: str
+) -> None:
+    header = HEADER.replace("correction", third)
+    f = tmp_path / "t.csv.gz"
+    f.write_bytes(
+        gzip.compress(f"{header}\nAAPL,12,0,11,9,{T0},150.0,7,{T0 + 5},10,3,0,0\n".encode())
+    )
+    assert detect_kind(f) == "trades"
+    (t,) = [t for c in read_flat_file(f, ingest_ts=1) for t in c.trades]
+    # Polygon's files write 0 for "no TRF"; stored as None, as live and REST trades are.
+    assert t.trf_id is None and t.conditions == (12,) and t.sequence_number == 7

@@ -4,8 +4,11 @@ Streaming: pyarrow's CSV reader decodes the file block by block, so memory is bo
 block size (not the file size) — a whole trading day never sits in memory. Each block becomes
 trades/quotes plus one dead letter per invalid row, exactly as live frames do.
 
-Trades columns: ticker, conditions, correlation, exchange, id, participant_timestamp, price,
-sequence_number, sip_timestamp, size, tape, trf_id, trf_timestamp (timestamps in ns).
+Trades columns: ticker, conditions, correction, exchange, id, participant_timestamp, price,
+sequence_number, sip_timestamp, size, tape, trf_id, trf_timestamp (timestamps in ns). Polygon's
+files name the third column `correction`; `correlation` (the spelling in our issue) is accepted
+too. Neither is stored. Real files write 0 in trf_id / trf_timestamp for a print that did not
+go through a TRF: that 0 becomes "no TRF" (None), as the WebSocket and REST express it.
 Quotes columns: ticker, ask_exchange, ask_price, ask_size, bid_exchange, bid_price, bid_size,
 conditions, indicators, participant_timestamp, sequence_number, sip_timestamp, tape,
 trf_timestamp.
@@ -28,7 +31,7 @@ from tradepulse.config import TICKER_RE
 from tradepulse.events import DeadLetter, Quote, Trade
 
 TRADE_COLUMNS = (
-    "ticker", "conditions", "correlation", "exchange", "id", "participant_timestamp", "price",
+    "ticker", "conditions", "correction", "exchange", "id", "participant_timestamp", "price",
     "sequence_number", "sip_timestamp", "size", "tape", "trf_id", "trf_timestamp",
 )  # fmt: skip
 QUOTE_COLUMNS = (
@@ -36,11 +39,13 @@ QUOTE_COLUMNS = (
     "conditions", "indicators", "participant_timestamp", "sequence_number", "sip_timestamp",
     "tape", "trf_timestamp",
 )  # fmt: skip
+# Every trade column but the correction indicator, whose name varies (see the docstring).
+_TRADE_HEADER_CORE = frozenset(TRADE_COLUMNS) - {"correction"}
 _TRADE_REQUIRED = ("ticker", "price", "size", "sip_timestamp", "sequence_number")
 _QUOTE_REQUIRED = ("ticker", "bid_price", "ask_price", "sip_timestamp", "sequence_number")
 # Read everything loosely typed as text where a bad row could break a typed column: a bad value
 # must become one dead letter, not abort the whole block.
-_STRING_TYPES = {name: pa.string() for name in (*TRADE_COLUMNS, *QUOTE_COLUMNS)}
+_STRING_TYPES = {name: pa.string() for name in (*TRADE_COLUMNS, *QUOTE_COLUMNS, "correlation")}
 
 Kind = Literal["trades", "quotes"]
 
@@ -63,7 +68,7 @@ class ReplayChunk:
 def detect_kind(path: Path) -> Kind:
     with _open(path) as fh:
         header = fh.readline().decode("utf-8", "replace").strip().split(",")
-    if tuple(header) == TRADE_COLUMNS or set(TRADE_COLUMNS) <= set(header):
+    if set(header) >= _TRADE_HEADER_CORE:
         return "trades"
     if set(QUOTE_COLUMNS) <= set(header):
         return "quotes"
@@ -193,7 +198,7 @@ def _trades(
                     tape=int(row.get("tape") or 0),
                     conditions=conds,
                     trade_id=row.get("id") or "",
-                    trf_id=int(trf) if trf not in (None, "") else None,
+                    trf_id=int(trf) if trf not in (None, "", "0") else None,
                 )
             except OverflowError:
                 reason = "non_finite"
