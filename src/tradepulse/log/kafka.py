@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tradepulse.config import Settings
 from tradepulse.events import News, Quote, Trade
@@ -42,7 +42,10 @@ def encode(records: Sequence[Any]) -> bytes:
     return _ENC.encode(records)
 
 
-def decode(topic: str, value: bytes) -> list[Any]:
+def decode(topic: str | None, value: bytes | None) -> list[Any]:
+    """Records of one message; a message without a value (a tombstone) carries none."""
+    if value is None:
+        return []
     if topic == TRADES:
         return _DEC_TRADES.decode(value)
     if topic == QUOTES:

@@ -153,7 +153,8 @@ class TransactionalProcessor:
                     p = m.partition()
                     if m.error() is not None or p not in targets:
                         continue
-                    if m.offset() >= targets[p]:
+                    offset = m.offset()
+                    if offset is not None and offset >= targets[p]:
                         targets.pop(p)
                         continue
                     trades.extend(kafka.decode(kafka.TRADES, m.value()))
