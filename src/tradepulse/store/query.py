@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tradepulse.events import Quote, Trade
 from tradepulse.market_time import day_iso
 from tradepulse.store.base import DerivedTable
 from tradepulse.store.cold.parquet import (
@@ -62,35 +64,10 @@ __all__ = ["QueryEngine", "QueryError", "QueryResult", "format_result"]
 
 FORMATS = ("table", "json", "csv", "parquet")
 
-_TRADE_VIEW = (
-    "ticker",
-    "price",
-    "size",
-    "timestamp",
-    "ingest_ts",
-    "sequence_number",
-    "exchange",
-    "tape",
-    "conditions",
-    "trade_id",
-    "trf_id",
-    "day",
-)
-_QUOTE_VIEW = (
-    "ticker",
-    "bid_price",
-    "bid_size",
-    "ask_price",
-    "ask_size",
-    "timestamp",
-    "ingest_ts",
-    "sequence_number",
-    "bid_exchange",
-    "ask_exchange",
-    "tape",
-    "conditions",
-    "day",
-)
+# The views' column order is the records' own field order (DESIGN.md's `trades` view), plus
+# the trading day that is part of a row's identity.
+_TRADE_VIEW = (*(f.name for f in msgspec.structs.fields(Trade)), "day")
+_QUOTE_VIEW = (*(f.name for f in msgspec.structs.fields(Quote)), "day")
 
 
 class QueryError(Exception):
