@@ -329,13 +329,13 @@ async def run_embedded(
     the feed's server closes the connection (an external simulator that finished), after
     everything it sent has been read."""
     from tradepulse.api.app import create_app
+    from tradepulse.api.publish import publish_batch
     from tradepulse.api.stream import Broadcaster
     from tradepulse.ops.health import HealthMonitor
     from tradepulse.sources.polygon_ws import PolygonWSClient
 
     backend = EmbeddedBackend.open(settings)
     processor, hot, cold, paths = backend.processor, backend.hot, backend.cold, backend.paths
-    stages = processor.stages
     health = HealthMonitor()
     broadcaster = Broadcaster()
 
@@ -364,10 +364,8 @@ async def run_embedded(
             done = now_ns()
             for observe in observers:
                 observe(batch, result, done)
-        for stage in stages:
-            publish = getattr(stage, "publish", None)
-            if publish is not None:
-                publish(batch, broadcaster)
+        # Live clients (/stream, the dashboard) get each committed batch, coalesced per ticker.
+        publish_batch(broadcaster, batch)
 
     pipeline = Pipeline(settings, processor, hot.write, on_written=on_written)
     backend.warm()

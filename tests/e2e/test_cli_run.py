@@ -62,6 +62,15 @@ def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: i
         assert quote["ticker"] == "AAPL"
         for field in ("price", "volume", "timestamp", "sequence_number"):
             assert field in quote
+        # The live push carries the run's own trades (the dashboard draws from it).
+        kinds: set[str] = set()
+        with httpx.stream("GET", f"{base}/stream?tickers=AAPL", timeout=10) as sse:
+            for line in sse.iter_lines():
+                if line.startswith("event: "):
+                    kinds.add(line.removeprefix("event: "))
+                if {"quote", "features"} <= kinds:
+                    break
+        assert {"quote", "features"} <= kinds
         health = httpx.get(f"{base}/health", timeout=2)
         assert health.status_code == 200
         assert health.json()["status"] in {"healthy", "degraded"}
