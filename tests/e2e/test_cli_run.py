@@ -14,6 +14,18 @@ import orjson
 import pytest
 
 TP = [sys.executable, "-m", "tradepulse"]
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -41,7 +53,7 @@ def _query(data: Path, sql: str, env: dict[str, str], cwd: Path) -> list[dict[st
 
 def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: int) -> None:
     data, env = tmp_path / "data", _env(tmp_path)
-    cmd = [*TP, "run", "--duration", "15", "--data-dir", str(data), "--port", str(port),
+    cmd = [*TP, "run", "--duration", "30", "--data-dir", str(data), "--port", str(port),
            "--bad-rate", "0.001", "--rate", "2000"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
@@ -71,6 +83,7 @@ def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: i
                 if {"quote", "features"} <= kinds:
                     break
         assert {"quote", "features"} <= kinds
+        _dashboard_draws_live_points(base)
         health = httpx.get(f"{base}/health", timeout=2)
         assert health.status_code == 200
         assert health.json()["status"] in {"healthy", "degraded"}
@@ -91,6 +104,35 @@ def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: i
     assert trades == sum(truth["valid_trades"].values())
     assert dlq == truth["malformed"]
     assert list((data / "cold" / "trades").glob("date=*/ticker=AAPL/*.parquet"))
+
+
+def _dashboard_draws_live_points(base: str) -> None:
+    """Debian's chromium through Playwright's executable path (never a downloaded browser):
+    the chart of the real run gains points, another ticker can be picked, a screenshot is kept."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is required in CI (make test installs it)")
+        return
+    out = REPO / "test-output" / "e2e"
+    out.mkdir(parents=True, exist_ok=True)
+    points = "() => Number(document.querySelector('#price-chart').dataset.points)"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(base + "/", wait_until="domcontentloaded")
+            expect(page.locator("#q-ticker")).to_have_text("AAPL", timeout=10_000)
+            page.wait_for_function(f"{points} >= 2", timeout=15_000)
+            first = int(page.locator("#price-chart").get_attribute("data-points") or 0)
+            page.wait_for_function(f"{points} > {first}", timeout=15_000)
+            page.locator("#tickers button", has_text="MSFT").click()
+            expect(page.locator("#q-ticker")).to_have_text("MSFT")
+            page.wait_for_function(f"{points} >= 2", timeout=15_000)
+            page.screenshot(path=str(out / "dashboard-run.png"), full_page=True)
+        finally:
+            browser.close()
 
 
 @pytest.mark.parametrize(
