@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from records import Records
 from tradepulse.config import Settings
-from tradepulse.events import DeadLetter, Disconnect, News, Quote, Trade
+from tradepulse.events import DeadLetter, Disconnect, News
 from tradepulse.market_time import NS_PER_S, now_ns, trading_day
 from tradepulse.process.anomaly import ANOMALIES_TABLE
 from tradepulse.process.bars import BARS_TABLE
@@ -65,27 +66,8 @@ STAGE_TABLES = [
 
 Factory = Callable[..., DynamoHotStore]
 
-
-def trade(seq: int, ticker: str = "AAPL", ts: int | None = None, **kw: Any) -> Trade:
-    ts = T0 + seq * NS_PER_S if ts is None else ts
-    fields: dict[str, Any] = {
-        "price": 100.0 + seq + 0.125,
-        "size": 10 * seq,
-        "exchange": 4,
-        "conditions": (12, 37),
-        "trade_id": f"t{seq}",
-    }
-    fields.update(kw)
-    return Trade(ticker=ticker, timestamp=ts, ingest_ts=ts + 1000, sequence_number=seq, **fields)
-
-
-def quote(seq: int, ticker: str = "AAPL", ts: int | None = None) -> Quote:
-    ts = T0 + seq * NS_PER_S if ts is None else ts
-    return Quote(ticker, 99.0 + seq, 1, 101.0 + seq, 2, ts, ts + 5, seq, 1, 2, 3, (1,))
-
-
-def news(article_id: str, ticker: str = "AAPL", published: int = T0) -> News:
-    return News(article_id, ticker, f"h{article_id}", "s", "src", "u", published, published + 1)
+RECORDS = Records(T0, price_offset=0.125)
+trade, quote, news = RECORDS.trade, RECORDS.quote, RECORDS.news
 
 
 def news_row(n: News) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from tradepulse.events import DeadLetter, Disconnect, News, Quote, Trade
+from records import Records
+from tradepulse.events import DeadLetter, Disconnect
 from tradepulse.market_time import NS_PER_S
 from tradepulse.process.correlator import NEWS_TABLE, SENTIMENT_TABLE
 from tradepulse.store.base import DerivedTable, StoreBatch
@@ -61,26 +62,8 @@ LATEST = DerivedTable(
 TABLES = [ANOMALIES, BARS, LATEST, NEWS_TABLE, SENTIMENT_TABLE]
 
 
-def trade(seq: int, ticker: str = "AAPL", ts: int | None = None, **kw: Any) -> Trade:
-    ts = T0 + seq * NS_PER_S if ts is None else ts
-    fields: dict[str, Any] = {
-        "price": 100.0 + seq,
-        "size": 10 * seq,
-        "exchange": 4,
-        "conditions": (12, 37),
-        "trade_id": f"t{seq}",
-    }
-    fields.update(kw)
-    return Trade(ticker=ticker, timestamp=ts, ingest_ts=ts + 1000, sequence_number=seq, **fields)
-
-
-def quote(seq: int, ticker: str = "AAPL", ts: int | None = None) -> Quote:
-    ts = T0 + seq * NS_PER_S if ts is None else ts
-    return Quote(ticker, 99.0 + seq, 1, 101.0 + seq, 2, ts, ts + 5, seq, 1, 2, 3, (1,))
-
-
-def news(article_id: str, ticker: str = "AAPL", published: int = T0) -> News:
-    return News(article_id, ticker, f"h{article_id}", "s", "src", "u", published, published + 1)
+RECORDS = Records(T0)
+trade, quote, news = RECORDS.trade, RECORDS.quote, RECORDS.news
 
 
 @pytest.fixture
