@@ -13,19 +13,10 @@ import httpx
 import orjson
 import pytest
 
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing
+
 TP = [sys.executable, "-m", "tradepulse"]
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -111,9 +102,7 @@ def _dashboard_draws_live_points(base: str) -> None:
     the chart of the real run gains points, another ticker can be picked, a screenshot is kept."""
     from playwright.sync_api import expect, sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is required in CI (make test installs it)")
+    if chromium_missing():
         return
     out = REPO / "test-output" / "e2e"
     out.mkdir(parents=True, exist_ok=True)

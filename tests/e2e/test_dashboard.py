@@ -22,6 +22,7 @@ import orjson
 import pytest
 import uvicorn
 
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_missing
 from tradepulse.api import tables
 from tradepulse.api.app import create_app
 from tradepulse.api.publish import publish_batch
@@ -31,20 +32,9 @@ from tradepulse.events import Trade
 from tradepulse.ops.health import HealthMonitor
 from tradepulse.store.base import StoreBatch
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TICKERS = ["AAPL", "MSFT", "NVDA"]
 
-if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+if chromium_missing():
     pytest.skip(f"{CHROMIUM} not installed (required in CI)", allow_module_level=True)
 
 
