@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from tradepulse.market_time import NS_PER_S
+from tradepulse.ops.evaluate_news import fmt, ratio
 
 DEFAULT_ALLOWANCE_NS = 5 * NS_PER_S
 
@@ -101,15 +102,15 @@ def evaluate_anomalies(
         by_kind[kind] = {
             "injected": len(idx),
             "detected": len(found),
-            "recall": len(found) / len(idx) if idx else None,
+            "recall": ratio(len(found), len(idx)),
             "delay_s_median": float(np.median(delays)) if delays else None,
             "delay_s_p90": float(np.percentile(delays, 90)) if delays else None,
         }
     result: dict[str, Any] = {
         "stored_anomalies": stored,
         "true_positives": tp,
-        "precision": tp / stored if stored else None,
-        "recall": len(first_hit) / len(truth) if truth else None,
+        "precision": ratio(tp, stored),
+        "recall": ratio(len(first_hit), len(truth)),
         "by_kind": by_kind,
         "auc": None,
         "scored_trades": 0,
@@ -128,21 +129,17 @@ def evaluate_anomalies(
     return result
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
 def format_report(result: Mapping[str, Any]) -> str:
     lines = [
         "anomalies vs injected ground truth",
         f"  stored {result['stored_anomalies']:,}  true positives {result['true_positives']:,}"
-        f"  precision {_fmt(result['precision'])}  recall {_fmt(result['recall'])}"
-        f"  AUC {_fmt(result['auc'])} (over {result['scored_trades']:,} scored trades)",
+        f"  precision {fmt(result['precision'])}  recall {fmt(result['recall'])}"
+        f"  AUC {fmt(result['auc'])} (over {result['scored_trades']:,} scored trades)",
     ]
     for kind, k in result["by_kind"].items():
         lines.append(
             f"  {kind:<13} injected {k['injected']:>4}  detected {k['detected']:>4}"
-            f"  recall {_fmt(k['recall'])}  delay median {_fmt(k['delay_s_median'])} s"
-            f"  p90 {_fmt(k['delay_s_p90'])} s"
+            f"  recall {fmt(k['recall'])}  delay median {fmt(k['delay_s_median'])} s"
+            f"  p90 {fmt(k['delay_s_p90'])} s"
         )
     return "\n".join(lines)

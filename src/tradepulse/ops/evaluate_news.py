@@ -54,7 +54,8 @@ def load_truth(path: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], int]:
     return truth, bad
 
 
-def _ratio(num: int, den: int) -> float | None:
+def ratio(num: int, den: int) -> float | None:
+    """num/den, or None when the denominator is 0 (undefined, not zero)."""
     return num / den if den else None
 
 
@@ -92,8 +93,8 @@ def evaluate_correlation(
             fn += 1
         else:
             tn += 1
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
     f1 = (
         2 * precision * recall / (precision + recall)
         if precision is not None and recall is not None and precision + recall > 0
@@ -106,7 +107,7 @@ def evaluate_correlation(
         "unknown": unknown,
         "unknown_strength": unknown_strength,
         "bad_truth_lines": bad_lines,
-        "coverage": _ratio(len(matched), len(truth)),
+        "coverage": ratio(len(matched), len(truth)),
         "tp": tp,
         "fp": fp,
         "fn": fn,
@@ -118,7 +119,8 @@ def evaluate_correlation(
     }
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """A figure of a report: three decimals, or n/a when undefined."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -128,11 +130,11 @@ def format_report(result: Mapping[str, Any]) -> str:
         "news × volume correlation vs ground truth",
         f"  articles: truth {result['truth_articles']}, matched {result['matched']}, "
         f"missing {result['missing']}, unknown {result['unknown']} "
-        f"(coverage {_fmt(result['coverage'])})",
+        f"(coverage {fmt(result['coverage'])})",
         f"  correlated (strength != none): TP {result['tp']}  FP {result['fp']}  "
         f"FN {result['fn']}  TN {result['tn']}",
-        f"  precision {_fmt(result['precision'])}  recall {_fmt(result['recall'])}  "
-        f"F1 {_fmt(result['f1'])}",
+        f"  precision {fmt(result['precision'])}  recall {fmt(result['recall'])}  "
+        f"F1 {fmt(result['f1'])}",
         "  confusion (truth \\ strength): " + "  ".join(f"{s:>8}" for s in STRENGTHS),
     ]
     for cls in TRUTH_CLASSES:
