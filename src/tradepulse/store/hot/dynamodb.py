@@ -64,10 +64,10 @@ import numpy as np
 import orjson
 
 from tradepulse.config import Settings
-from tradepulse.events import DeadLetter, Disconnect, News, Quote, Trade
+from tradepulse.events import DeadLetter, Disconnect, News, Trade
 from tradepulse.market_time import NS_PER_S, now_ns, trading_day
 from tradepulse.store.base import DerivedTable, StoreBatch, WriteResult
-from tradepulse.store.hot.sqlite import QUOTE_COLUMNS, TRADE_COLUMNS
+from tradepulse.store.hot.sqlite import QUOTE_COLUMNS, TRADE_COLUMNS, decode_conditions
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -199,13 +199,6 @@ def _key_part(value: Any) -> str:
     if value is None:
         return "\x00"
     return str(value).replace("%", "%25").replace("#", "%23")
-
-
-def _decode_conditions(text: Any) -> list[int]:
-    if not text:
-        return []
-    value = orjson.loads(text)
-    return list(value) if isinstance(value, list) else []
 
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
@@ -796,7 +789,7 @@ class DynamoHotStore:
         if item is None:
             return None
         out = _row(item, columns)
-        out["conditions"] = _decode_conditions(out["conditions"])
+        out["conditions"] = list(decode_conditions(out["conditions"]))
         return out
 
     def latest_trade(self, ticker: str) -> dict[str, Any] | None:
@@ -930,7 +923,7 @@ class DynamoHotStore:
             items = self._event_query(name, [ticker], since_ns, newest_first=True, limit=limit)
             out = [_row(it, cols) for it in items]
             for r in out:
-                r["conditions"] = _decode_conditions(r["conditions"])
+                r["conditions"] = list(decode_conditions(r["conditions"]))
             return out
         d = self._derived.get(table)
         if d is None or not d.has_ticker or d.since_column is None:
@@ -956,35 +949,9 @@ class DynamoHotStore:
                     ingest_ts=r["ingest_ts"],
                     exchange=r["exchange"],
                     tape=r["tape"],
-                    conditions=tuple(_decode_conditions(r["conditions"])),
+                    conditions=decode_conditions(r["conditions"]),
                     trade_id=r["trade_id"] or "",
                     trf_id=r["trf_id"],
-                )
-            )
-        return out
-
-    def quotes_since(self, ticker: str, since_ns: int) -> list[Quote]:
-        """Stored quotes of `ticker` with timestamp >= since_ns, oldest first."""
-        items = self._event_query(
-            self.quotes_table, [ticker], since_ns, newest_first=False, limit=None
-        )
-        out: list[Quote] = []
-        for it in items:
-            r = _row(it, QUOTE_COLUMNS)
-            out.append(
-                Quote(
-                    ticker=r["ticker"],
-                    bid_price=r["bid_price"],
-                    bid_size=r["bid_size"],
-                    ask_price=r["ask_price"],
-                    ask_size=r["ask_size"],
-                    timestamp=r["timestamp"],
-                    ingest_ts=r["ingest_ts"],
-                    sequence_number=r["sequence_number"],
-                    bid_exchange=r["bid_exchange"],
-                    ask_exchange=r["ask_exchange"],
-                    tape=r["tape"],
-                    conditions=tuple(_decode_conditions(r["conditions"])),
                 )
             )
         return out

@@ -133,7 +133,8 @@ def _cols(names: Iterable[str]) -> str:
     return ", ".join(_q(n) for n in names)
 
 
-def _decode_conditions(text: Any) -> tuple[int, ...]:
+def decode_conditions(text: Any) -> tuple[int, ...]:
+    """The stored JSON array of condition codes (NULL or '' for none) as a tuple."""
     if not text:
         return ()
     value = orjson.loads(text)
@@ -502,7 +503,7 @@ class SQLiteHotStore:
         if not rows:
             return None
         out = dict(zip((*cols, "volume"), rows[0], strict=True))
-        out["conditions"] = list(_decode_conditions(out["conditions"]))
+        out["conditions"] = list(decode_conditions(out["conditions"]))
         if out["volume"] is None:
             del out["volume"]
         return out
@@ -513,7 +514,7 @@ class SQLiteHotStore:
         if not rows:
             return None
         out = dict(zip(cols, rows[0], strict=True))
-        out["conditions"] = list(_decode_conditions(out["conditions"]))
+        out["conditions"] = list(decode_conditions(out["conditions"]))
         return out
 
     def known_tickers(self) -> list[str]:
@@ -565,7 +566,7 @@ class SQLiteHotStore:
                 ingest_ts=r[5],
                 exchange=r[6],
                 tape=r[7],
-                conditions=_decode_conditions(r[8]),
+                conditions=decode_conditions(r[8]),
                 trade_id=r[9] or "",
                 trf_id=r[10],
             )
