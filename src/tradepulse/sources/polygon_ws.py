@@ -164,13 +164,14 @@ class PolygonWSClient:
         async def expect(wanted: set[str]) -> dict[str, Any]:
             while True:
                 raw = await asyncio.wait_for(ws.recv(), self.handshake_timeout_s)
-                for st in _statuses(raw):
+                statuses = _statuses(raw)
+                for st in statuses:
                     status = str(st.get("status"))
                     if status == "auth_failed":
                         raise AuthError(str(st.get("message") or "authentication failed"))
                     if status in wanted:
                         return st
-                if not _statuses(raw):
+                if not statuses:
                     raise ProtocolError(f"unexpected frame during handshake: {str(raw)[:200]}")
 
         await expect({"connected"})
