@@ -365,3 +365,35 @@ def test_cli_rejects_bad_values_with_exit_2() -> None:
     ):
         result = runner.invoke(app, ["sim", "--port", "0", *args])
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_history_is_calm_rest_only_and_outside_count() -> None:
+    cfg = SimConfig(
+        tickers=["AAPL", "MSFT"],
+        rate=400.0,
+        history_s=120.0,
+        anomaly_rate=6.0,
+        news_rate=6.0,
+        bad_rate=0.05,
+        count=2_000,
+    )
+    gen = MarketGenerator(cfg, START)
+    hist = gen.advance_history()
+    assert hist.trades and not hist.malformed
+    assert all(START - 120 * NS_PER_S < row[0] <= START for _, row in hist.trades)
+    assert gen.history_trades == gen.valid_trades
+    assert sum(gen.history_trades.values()) == len(hist.trades)
+    assert sum(gen.valid_quotes.values()) == 0  # history quotes are never sent
+    assert not gen.finished and gen.advance_history().events == []  # only once
+    # Anomalies and articles are planned from the live start on only.
+    assert all(a.start_ns >= START for a in gen.anomalies)
+    assert all(a.published_at >= START for a in gen.articles())
+    t, live = START, 0
+    while not gen.finished:
+        t += TICK
+        live += len(gen.advance(t))
+    assert live == 2_000  # `count` counts what is sent live, not the history
+    assert gen.anomalies and gen.malformed > 0
+    # Same seed, same start: the same history (a restarted simulator serves the same trades).
+    again = MarketGenerator(cfg, START).advance_history()
+    assert again.trades == hist.trades

@@ -11,6 +11,7 @@ from tradepulse.config import TICKER_RE
 
 Profile = Literal["flat", "intraday", "market-open"]
 PROFILES: tuple[str, ...] = ("flat", "intraday", "market-open")
+MAX_HISTORY_S = 6 * 3600.0  # the REST history is held in memory
 
 
 @dataclass
@@ -20,6 +21,9 @@ class SimConfig:
     `rate` is the base number of events per second (trades and quotes together, summed over
     all tickers) before the profile's multiplier and injected volume spikes. `anomaly_rate` and
     `news_rate` are per ticker per minute. `count` counts every event sent, malformed included.
+    `history_s` > 0 makes the market trade for that long before the live start, calmly (no
+    anomalies, articles or malformed events); those trades are served by the REST trades
+    endpoint only, so a client can warm its windows and models up from them.
     """
 
     tickers: list[str]
@@ -35,6 +39,7 @@ class SimConfig:
     burst_mult: float = 10.0
     news_rate: float = 0.5
     news_spike_prob: float = 0.5
+    history_s: float = 0.0
     api_key: str = "simulator"
     host: str = "127.0.0.1"
     port: int = 0
@@ -62,6 +67,11 @@ class SimConfig:
         if self.jump_pct >= 50:
             raise ValueError(f"jump_pct must be below 50 (got {self.jump_pct})")
         _positive("burst_mult", self.burst_mult)
+        _non_negative("history_s", self.history_s)
+        if self.history_s > MAX_HISTORY_S:
+            raise ValueError(
+                f"history_s must be at most {MAX_HISTORY_S:.0f} (got {self.history_s})"
+            )
         if not self.api_key:
             raise ValueError("api_key must not be empty")
         if not 0 <= self.port <= 65535:

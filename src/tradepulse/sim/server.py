@@ -140,6 +140,8 @@ class MarketSimulator:
         shown = f"[{host}]" if ":" in host else host
         self.http_url = f"http://{shown}:{self.port}"
         self.ws_url = f"ws://{shown}:{self.port}/stocks"
+        if self.config.history_s > 0:
+            await self._generate_history()
         self._gen_task = asyncio.create_task(self._generate_loop(), name="sim-generate")
         if self.config.truth_dir is not None:
             self._tasks.append(asyncio.create_task(self._truth_loop(), name="sim-truth"))
@@ -203,12 +205,36 @@ class MarketSimulator:
     def clients(self) -> int:
         return len(self._clients)
 
+    @property
+    def subscribed(self) -> int:
+        """Connections authenticated, subscribed and not closing: the ones being fed."""
+        return sum(1 for c in self._clients if c.authed and c.subs and not c.closing)
+
     # --- generation ------------------------------------------------------------------------
+
+    async def _generate_history(self) -> None:
+        """The trading before the live start, for the REST endpoint only. The live clock then
+        starts now, not at the first subscription: what is generated until a client
+        subscribes reaches it in one burst, so REST history and live feed meet without a gap."""
+        self.started_at_ns = time.time_ns()
+        gen = self.generator = MarketGenerator(self.config, self.started_at_ns)
+        began = time.monotonic()
+        # Seconds of CPU for long histories: off the event loop so the port answers meanwhile.
+        batch = await asyncio.to_thread(gen.advance_history)
+        self.history.extend(batch.trades)
+        log.info(
+            "simulator: %.0f s of history, %d trades, generated in %.1f s",
+            self.config.history_s,
+            len(batch.trades),
+            time.monotonic() - began,
+        )
 
     async def _generate_loop(self) -> None:
         await self._go.wait()
-        self.started_at_ns = time.time_ns()
-        gen = self.generator = MarketGenerator(self.config, self.started_at_ns)
+        gen = self.generator
+        if gen is None:
+            self.started_at_ns = time.time_ns()
+            gen = self.generator = MarketGenerator(self.config, self.started_at_ns)
         log.info("simulator: generating from %d", self.started_at_ns)
         while not self._halt:
             batch = gen.advance(time.time_ns())
@@ -276,6 +302,18 @@ class MarketSimulator:
         c.queued_bytes += size
         c.drained.clear()
         c.queue.put_nowait(frame)
+
+    def drop_clients(self, code: int = 1012, reason: str = "service restart") -> int:
+        """Close every connection after what is already queued for it (a provider-side
+        disconnect, for fault tests); returns how many were closed. Generation goes on, so
+        what is generated until a client reconnects reaches it only through REST."""
+        dropped = 0
+        for c in list(self._clients):
+            if not c.closing:
+                c.closing = True
+                c.queue.put_nowait(_Close(code, reason))
+                dropped += 1
+        return dropped
 
     def _slow_consumer(self, c: _Client) -> None:
         self.slow_consumers += 1

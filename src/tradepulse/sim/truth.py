@@ -3,9 +3,10 @@
 Files under `truth_dir` (each replaced atomically, so they can be rewritten while a run is
 going and a reader never sees half a file):
 
-* ``summary.json``: ``{valid_trades: {ticker: n}, valid_quotes: {ticker: n}, malformed,
-  malformed_by_kind, seed, rate, started_at_ns, ended_at_ns, ...}`` — counts of what was
-  generated (and therefore sent, or recoverable from REST for trades).
+* ``summary.json``: ``{valid_trades: {ticker: n}, valid_quotes: {ticker: n}, history_trades,
+  malformed, malformed_by_kind, seed, rate, started_at_ns, ended_at_ns, ...}`` — counts of what
+  was generated (and therefore sent, or recoverable from REST for trades). `valid_trades`
+  includes the `history_trades` generated before the live start (REST only).
 * ``anomalies.jsonl``: one injected anomaly a line: ``{ticker, sequence_number (first trade at
   or after start; null if none was generated), kind, start_ns, end_ns, magnitude, revert_s}``.
 * ``news.jsonl``: one published article a line, the format `ops.evaluate_news` reads:
@@ -35,6 +36,8 @@ def summary_doc(
     by_kind = dict(gen.malformed_by_kind) if gen else dict.fromkeys(MALFORMED_KINDS, 0)
     return {
         "valid_trades": dict(gen.valid_trades) if gen else zeros,
+        "history_trades": dict(gen.history_trades) if gen else dict(zeros),
+        "history_s": config.history_s,
         "valid_quotes": dict(gen.valid_quotes) if gen else dict(zeros),
         "malformed": sum(by_kind.values()),
         "malformed_by_kind": by_kind,
