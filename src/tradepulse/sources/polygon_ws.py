@@ -24,15 +24,18 @@ from typing import Any
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import CloseCode
 
 from tradepulse.events import Disconnect
 from tradepulse.market_time import NS_PER_S, now_ns
 from tradepulse.ops import metrics
 from tradepulse.sources.finnhub import backoff_delay
+from tradepulse.validate import RefusedFrame
 
 log = logging.getLogger(__name__)
 
 SOURCE = "polygon-ws"
+NORMAL_CLOSURE = 1000  # how the simulator ends a finished run; other codes are drops
 
 
 class AuthError(Exception):
@@ -95,7 +98,8 @@ class PolygonWSClient:
 
     def expect_close(self) -> None:
         """The server is about to close on purpose (the simulator at the end of a run): read to
-        the close, then end instead of reconnecting."""
+        its normal closure (1000), then end instead of reconnecting. Any other close is still
+        a drop: reconnect and have the gap filled."""
         self._closing = True
 
     async def stop(self) -> None:
@@ -110,6 +114,7 @@ class PolygonWSClient:
         down_since: int | None = None
         down_reason = "not connected yet"
         while not self._stop.is_set():
+            closed_normally = False
             try:
                 async with connect(
                     self.url,
@@ -126,13 +131,20 @@ class PolygonWSClient:
                         down_since = None
                     self._set_connected(True)
                     await self._read(ws)
-                    down_reason = "closed by server"
+                    closed_normally = ws.close_code == NORMAL_CLOSURE
+                    down_reason = f"closed by server ({ws.close_code})"
             except AuthError:
                 raise
             except websockets.ConnectionClosed as exc:
+                closed_normally = False
                 down_reason = (
                     f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
                 )
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    # We closed it over a frame above max_frame_bytes, never read: that frame
+                    # becomes a dead letter like any other rejected input.
+                    note = f"frame refused unread, connection closed 1009: {exc.sent.reason}"
+                    await self.queue.put((now_ns(), RefusedFrame(note)))
             except (OSError, TimeoutError, websockets.InvalidHandshake, ProtocolError) as exc:
                 down_reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -141,7 +153,8 @@ class PolygonWSClient:
                     self._set_connected(False)
                     if not (self._stop.is_set() or self._closing):
                         down_since = now_ns()
-            if self._stop.is_set() or (self._closing and self.connections):
+            # An expected end is a normal closure; any other close is a drop to recover from.
+            if self._stop.is_set() or (self._closing and self.connections and closed_normally):
                 break
             if down_since is None:
                 down_since = now_ns()
