@@ -66,7 +66,9 @@ def test_rows_are_plain_and_latest_is_the_newest_per_ticker() -> None:
     batch = WorkBatch(trades=trades[::-1], watermark_ns=trades[-1].timestamp)
     st.apply(batch)
     rows, latest = batch.derived["features"], batch.derived["features_latest"]
-    assert {type(v) for r in rows for v in r.values()} <= {str, int, float, bool}
+    # anomaly_score stays None here: the anomaly stage fills it for the rows it scores.
+    assert {type(v) for r in rows for v in r.values()} <= {str, int, float, bool, type(None)}
+    assert {r["anomaly_score"] for r in rows} == {None}
     assert set(rows[0]) == set(st.tables[0].columns)
     assert len(latest) == len({r["ticker"] for r in rows})
     for r in latest:
@@ -94,3 +96,25 @@ def test_warm_then_apply_equals_an_unbroken_run() -> None:
     assert anomalies, "the run is long enough to train and flag"
     assert {type(v) for r in anomalies for v in r.values()} <= {str, int, float}
     assert any(d.get("bars") for d in resumed[1:])
+
+
+def test_anomaly_stage_scores_every_scorable_feature_row() -> None:
+    """Each trade the detector scores carries its score in the features table (for an AUC
+    over all trades); rows before the ticker's first model keep None."""
+    s = Settings(_env_file=None, anomaly_train_window=64, anomaly_retrain_every=32)  # type: ignore[call-arg]
+    fs, an = FeatureStage(s), AnomalyStage(s)
+    trades = synthetic_trades(minutes=40)
+    batch = WorkBatch(trades=trades, watermark_ns=trades[-1].timestamp)
+    fs.apply(batch)
+    an.apply(batch)
+    rows = batch.derived["features"]
+    scored = [r for r in rows if r["anomaly_score"] is not None]
+    assert scored and all(not r["warming_up"] for r in scored)
+    assert all(-1.0 <= r["anomaly_score"] <= 0.0 for r in scored)
+    flagged = {(r["ticker"], r["timestamp"], r["sequence_number"]): r for r in scored}
+    for a in batch.derived.get("anomalies", []):
+        row = flagged[(a["ticker"], a["timestamp"], a["sequence_number"])]
+        assert row["anomaly_score"] == a["anomaly_score"]
+    # Per ticker, the first 32 non-warming rows come before the first model: unscored.
+    first = [r for r in rows if r["ticker"] == rows[0]["ticker"] and not r["warming_up"]][:32]
+    assert all(r["anomaly_score"] is None for r in first)

@@ -65,6 +65,11 @@ class Features(BaseModel):
     sequence_number: int | None
     warming_up: bool
     features: FeatureVector
+    anomaly_score: float | None = Field(
+        default=None,
+        description="This trade's Isolation Forest score (lower = stranger); null before the "
+        "ticker's first model",
+    )
 
 
 class Anomaly(BaseModel):

@@ -111,6 +111,7 @@ def features_from_row(ticker: str, row: Row) -> Features:
             vwap_deviation=finite(row.get("vwap_deviation")),
             trade_frequency=finite(row.get("trade_frequency")),
         ),
+        anomaly_score=finite(row.get("anomaly_score")),
     )
 
 

@@ -47,6 +47,9 @@ _FEATURE_COLUMNS = {
     "vwap_deviation": "REAL",
     "trade_frequency": "REAL",
     "warming_up": "INTEGER",
+    # Every scored trade's Isolation Forest score (not only the flagged ones), so detection
+    # quality can be measured as an AUC over all trades; NULL before the first model.
+    "anomaly_score": "REAL",
 }
 
 FEATURES_TABLE = DerivedTable(
@@ -148,6 +151,8 @@ class AnomalyStage:
                 scored = self.engine.update(ticker, session, x, score=emit)
                 if scored is None or out is None:
                     continue
+                for i, s in zip(scored.index.tolist(), scored.score.tolist(), strict=True):
+                    grp[i]["anomaly_score"] = s
                 new = anomaly_rows(
                     scored,
                     [r["timestamp"] for r in grp],

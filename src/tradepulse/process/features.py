@@ -244,6 +244,7 @@ class FeatureBlock:
                 "vwap_deviation": dev,
                 "trade_frequency": fq,
                 "warming_up": w,
+                "anomaly_score": None,  # set by the anomaly stage once a model scores it
             }
             for ts, sq, p, v, vw, vw1, vw5, a1, a5, a15, z, mom, dev, fq, w in zip(
                 *(getattr(self, k).tolist() for k in ROW_KEYS[1:]), strict=True
