@@ -60,3 +60,20 @@ def test_auc_from_scored_trades() -> None:
     ]
     r = evaluate_anomalies([], TRUTH, scored_rows=scored)
     assert r["scored_trades"] == 3 and r["auc"] == pytest.approx(1.0)
+
+
+def test_threshold_sweep_counts_flags_and_detections() -> None:
+    scored = [
+        {"ticker": "AAPL", "timestamp": 100 * S, "anomaly_score": -0.72},  # in #0
+        {"ticker": "AAPL", "timestamp": 501 * S, "anomaly_score": -0.58},  # in #1
+        {"ticker": "AAPL", "timestamp": 300 * S, "anomaly_score": -0.62},  # outside: FP
+        {"ticker": "MSFT", "timestamp": 400 * S, "anomaly_score": -0.45},  # outside, normal
+    ]
+    r = evaluate_anomalies([], TRUTH, scored_rows=scored)
+    sweep = {row["threshold"]: row for row in r["threshold_sweep"]}
+    assert (sweep[-0.5]["flagged"], sweep[-0.5]["precision"]) == (3, pytest.approx(2 / 3))
+    assert sweep[-0.5]["recall"] == pytest.approx(2 / 3)
+    assert (sweep[-0.6]["flagged"], sweep[-0.6]["precision"]) == (2, pytest.approx(0.5))
+    assert sweep[-0.6]["recall"] == pytest.approx(1 / 3)
+    assert (sweep[-0.75]["flagged"], sweep[-0.75]["precision"]) == (0, None)
+    assert "score < -0.60" in format_report(r)

@@ -116,17 +116,50 @@ def evaluate_anomalies(
         "scored_trades": 0,
     }
     if scored_rows is not None:
-        scores, labels = [], []
+        scores, labels, hit_lists = [], [], []
         for row in scored_rows:
             s = row.get("anomaly_score")
             if s is None:
                 continue
-            scores.append(-float(s))
-            labels.append(bool(_covering(spans.get(str(row["ticker"]), []), int(row["timestamp"]))))
+            hits = _covering(spans.get(str(row["ticker"]), []), int(row["timestamp"]))
+            scores.append(float(s))
+            labels.append(bool(hits))
+            hit_lists.append(hits)
         result["scored_trades"] = len(scores)
         if scores:
-            result["auc"] = auc(np.asarray(scores), np.asarray(labels, dtype=bool))
+            sc, lab = np.asarray(scores), np.asarray(labels, dtype=bool)
+            result["auc"] = auc(-sc, lab)
+            result["threshold_sweep"] = threshold_sweep(sc, lab, hit_lists, len(truth))
     return result
+
+
+SWEEP_THRESHOLDS: tuple[float, ...] = (-0.5, -0.55, -0.6, -0.65, -0.7, -0.75)
+
+
+def threshold_sweep(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    hits: Sequence[list[int]],
+    injected: int,
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+) -> list[dict[str, Any]]:
+    """What a fixed threshold would have flagged, from the per-trade scores: for each
+    threshold, flagged trades, precision (flagged inside an injected interval / flagged) and
+    recall (injected anomalies with at least one flagged trade / injected)."""
+    out = []
+    for thr in thresholds:
+        flagged = scores < thr
+        n = int(flagged.sum())
+        found = {i for j in np.flatnonzero(flagged & labels).tolist() for i in hits[j]}
+        out.append(
+            {
+                "threshold": thr,
+                "flagged": n,
+                "precision": ratio(int((flagged & labels).sum()), n),
+                "recall": ratio(len(found), injected),
+            }
+        )
+    return out
 
 
 def format_report(result: Mapping[str, Any]) -> str:
@@ -136,6 +169,14 @@ def format_report(result: Mapping[str, Any]) -> str:
         f"  precision {fmt(result['precision'])}  recall {fmt(result['recall'])}"
         f"  AUC {fmt(result['auc'])} (over {result['scored_trades']:,} scored trades)",
     ]
+    sweep = result.get("threshold_sweep")
+    if sweep:
+        lines.append("  a fixed threshold instead of the contamination cut-off:")
+        for r in sweep:
+            lines.append(
+                f"    score < {r['threshold']:+.2f}: flagged {r['flagged']:>7,}"
+                f"  precision {fmt(r['precision'])}  recall {fmt(r['recall'])}"
+            )
     for kind, k in result["by_kind"].items():
         lines.append(
             f"  {kind:<13} injected {k['injected']:>4}  detected {k['detected']:>4}"
