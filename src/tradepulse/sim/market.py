@@ -16,8 +16,9 @@ Model, per ticker:
   stays or decays back, or a volume burst (sizes × `burst_mult` for 3–6 s).
 * Articles (Poisson, `news_rate` per minute); with probability `news_spike_prob` one comes with
   a volume spike (trade rate × 3–5 and sizes × 3–5 for 15–20 s) starting within ±30 s of its
-  publication. Volume windows and spike-free articles are kept `SEPARATION_NS` apart by pushing
-  the later one back; the truth flag is nevertheless computed from the overlap rule.
+  publication. Volume windows (and block trades) and spike-free articles are kept
+  `SEPARATION_NS` apart by pushing the later one back; the truth flag is nevertheless
+  computed from the overlap rule.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ GARCH_BETA = 0.90
 T_DOF = 4.0
 
 SPIKE_WINDOW_NS = 60 * NS_PER_S  # correlation window on either side of published_at
-SEPARATION_NS = 120 * NS_PER_S  # volume windows stay this far from spike-free articles
+# Volume windows (and block trades) stay this far from spike-free articles: the article's
+# ±60 s join window plus the 60 s the trailing volume window remembers a spike, plus a margin,
+# so a spike-free article's ground truth ("no spike") is also what the z-score can see.
+SEPARATION_NS = 150 * NS_PER_S
 SCHEDULE_HORIZON_NS = 180 * NS_PER_S  # anomalies/articles are planned this far ahead
 SESSION_S = 23_400.0  # 09:30–16:00
 
@@ -489,6 +493,10 @@ class MarketGenerator:
                 return p
         return None
 
+    @staticmethod
+    def _near_calm_article(st: _Ticker, ts: int) -> bool:
+        return any(abs(ts - p) < SEPARATION_NS for p in st.calm_articles)
+
     def _accept(self, st: _Ticker, c: _Candidate) -> int | None:
         """Accept the candidate, or return the later time it must be retried at (pushed past
         the conflict plus a random jitter, so pushed candidates do not pile up together)."""
@@ -717,7 +725,7 @@ class MarketGenerator:
                 price = round((bid + ask) / 2, 4)  # sub-penny midpoint print, off-exchange
                 midpoint = True
         raw = rng.lognormvariate(math.log(100), 1.0) * self._size_mult(st, ts)
-        if rng.random() < BLOCK_PROB:
+        if rng.random() < BLOCK_PROB and not self._near_calm_article(st, ts):
             raw = 5000 * rng.paretovariate(2.0)
         size = max(1, int(raw))
         if size >= 100 and rng.random() < 0.75:
