@@ -7,7 +7,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tradepulse.market_time import NS_PER_S
-from tradepulse.ops.evaluate_anomalies import auc, evaluate_anomalies, format_report
+from tradepulse.ops.evaluate_anomalies import (
+    DEFAULT_ALLOWANCE_NS,
+    auc,
+    evaluate_anomalies,
+    format_report,
+)
 
 S = NS_PER_S
 TRUTH = [
@@ -27,7 +32,7 @@ def test_recall_precision_and_delay() -> None:
         {"ticker": "MSFT", "timestamp": 300 * S},  # nothing injected then: FP
         {"ticker": "NVDA", "timestamp": 100 * S},  # a ticker without truth: FP
     ]
-    r = evaluate_anomalies(rows, TRUTH)
+    r = evaluate_anomalies(rows, TRUTH, allowance_ns=5 * S)
     assert r["stored_anomalies"] == 4 and r["true_positives"] == 2
     assert r["precision"] == pytest.approx(0.5)
     assert r["recall"] == pytest.approx(1 / 3)
@@ -39,8 +44,14 @@ def test_recall_precision_and_delay() -> None:
 
 
 def test_outside_the_allowance_is_not_a_detection() -> None:
-    r = evaluate_anomalies([{"ticker": "AAPL", "timestamp": 107 * S}], TRUTH)
+    r = evaluate_anomalies([{"ticker": "AAPL", "timestamp": 107 * S}], TRUTH, allowance_ns=5 * S)
     assert r["true_positives"] == 0 and r["by_kind"]["price_jump"]["detected"] == 0
+    # The default allowance is the features' 60 s memory: the same flag is a detection.
+    assert DEFAULT_ALLOWANCE_NS == 60 * S
+    r = evaluate_anomalies([{"ticker": "AAPL", "timestamp": 107 * S}], TRUTH)
+    assert r["true_positives"] == 1 and r["by_kind"]["price_jump"]["detected"] == 1
+    r = evaluate_anomalies([{"ticker": "AAPL", "timestamp": 162 * S}], TRUTH)
+    assert r["true_positives"] == 0
 
 
 def test_auc_matches_scikit_learn_with_ties() -> None:
@@ -56,7 +67,7 @@ def test_auc_from_scored_trades() -> None:
         {"ticker": "AAPL", "timestamp": 100 * S, "anomaly_score": -0.8},
         {"ticker": "AAPL", "timestamp": 200 * S, "anomaly_score": -0.4},
         {"ticker": "AAPL", "timestamp": 201 * S, "anomaly_score": None},  # warm-up: skipped
-        {"ticker": "MSFT", "timestamp": 150 * S, "anomaly_score": -0.3},
+        {"ticker": "MSFT", "timestamp": 300 * S, "anomaly_score": -0.3},
     ]
     r = evaluate_anomalies([], TRUTH, scored_rows=scored)
     assert r["scored_trades"] == 3 and r["auc"] == pytest.approx(1.0)
