@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "TSLA", "NVDA")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 
 
 class ConfigError(Exception):
@@ -60,14 +63,21 @@ class Settings(BaseSettings):
     # --- ingest and validation ---------------------------------------------------------
     ws_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     ws_queue_frames: int = Field(default=4096, ge=16)
+    # The log's bound in bytes too: 4096 frames of up to ws_max_frame_bytes would be 16 GiB.
+    ws_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     reconnect_base_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     max_clock_skew_s: float = Field(default=24 * 3600.0, gt=0)
     batch_max_events: int = Field(default=5000, ge=1)
     batch_max_ms: float = Field(default=20.0, gt=0)
+    # History pulled from the REST trades endpoint before the live feed starts, so windows and
+    # models are warm at once (the z-score needs 5 baseline minutes); 0 starts cold.
+    warmup_s: float = Field(default=600.0, ge=0, le=6 * 3600)
 
     # --- storage ------------------------------------------------------------------------
     cold_flush_s: float = Field(default=300.0, gt=0)
+    # The cluster cold sink also flushes once this many rows are buffered (bounds its memory).
+    cold_flush_rows: int = Field(default=500_000, ge=1)
     hot_retention_h: float = Field(default=48.0, gt=0)
 
     # --- features and anomalies -------------------------------------------------------------
@@ -80,7 +90,10 @@ class Settings(BaseSettings):
     anomaly_train_window: int = Field(default=1000, ge=16)
     anomaly_retrain_every: int = Field(default=500, ge=1)
     anomaly_contamination: float = Field(default=0.01, gt=0, lt=0.5)
-    anomaly_threshold: float | None = None
+    # A trade is an anomaly when its score falls below this; "cutoff" (or empty) uses each
+    # model's contamination cut-off instead. −0.7 won the side-by-side evaluation against the
+    # cut-off and the original's −0.5 (docs/benchmarks.md, "Detection quality").
+    anomaly_threshold: float | None = Field(default=-0.7, gt=-1.0, lt=0.0)
 
     # --- news and correlation ---------------------------------------------------------------
     news_poll_s: float = Field(default=60.0, gt=0)
@@ -103,13 +116,26 @@ class Settings(BaseSettings):
     # --- cluster backend -------------------------------------------------------------------------
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_trades_partitions: int = Field(default=6, ge=1)
+    # Prefixes every Kafka topic, consumer group, transactional id and DynamoDB table of the
+    # cluster backend ("<ns>.market.trades"), so several pipelines or test runs can share one
+    # set of engines without reading each other's data. Empty: the plain names.
+    cluster_namespace: str = Field(default="", pattern=r"^[A-Za-z0-9_\-]*$", max_length=64)
     dynamodb_endpoint: str | None = "http://127.0.0.1:18000"
     s3_endpoint: str | None = "http://127.0.0.1:18001"
     sqs_endpoint: str | None = "http://127.0.0.1:18002"
     s3_bucket: str = "tradepulse"
+    s3_prefix: str = "cold"  # key prefix of the cold store (and dlq-archive/) in the bucket
+    sqs_dlq_queue: str = "tradepulse-dlq"
     aws_region: str = Field(
         default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "TRADEPULSE_AWS_REGION")
     )
+
+    @field_validator("anomaly_threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "cutoff", "none"}:
+            return None
+        return value
 
     @field_validator("tickers", "api_keys", "trusted_proxies", "cors_origins", mode="before")
     @classmethod
@@ -126,6 +152,32 @@ class Settings(BaseSettings):
         if not out:
             raise ValueError("at least one ticker is required")
         return list(dict.fromkeys(out))
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not _BUCKET_RE.match(value):
+            raise ValueError("not an S3 bucket name (3-63 of a-z 0-9 . -)")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value and not _PREFIX_RE.match(value):
+            raise ValueError("an S3 key prefix is path segments of A-Z a-z 0-9 . _ - (e.g. cold)")
+        return value
+
+    @field_validator("sqs_dlq_queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if not _QUEUE_RE.match(value):
+            raise ValueError("not an SQS queue name (1-80 of A-Z a-z 0-9 _ -)")
+        return value
+
+    def namespaced(self, name: str) -> str:
+        """`name` inside `cluster_namespace` (unchanged when the namespace is empty)."""
+        return f"{self.cluster_namespace}.{name}" if self.cluster_namespace else name
 
     @property
     def resolved_source(self) -> Literal["sim", "polygon", "replay"]:

@@ -5,6 +5,11 @@
         ──▶ writer (SQLite hot store, one transaction per batch) ──▶ cold flusher (Parquet)
     FastAPI app + dashboard on the same event loop, reading the hot store.
 
+Before the feed connects, the last `warmup_s` of trades (or, after a restart, everything since
+the last stored trade) come from the REST trades endpoint through the same path, so windows
+and models are warm from the first live trade; each later disconnect is filled the same way
+(`sources/gapfill.py`).
+
 Shutdown order matters for exactness: stop the simulator (it sends everything it generated,
 then closes), let the client read to the close, then drain the log, the processor and the
 writer, flush the cold store, and only then close the store.
@@ -16,18 +21,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tradepulse.config import Settings
+from tradepulse.events import Disconnect
 from tradepulse.log.embedded import EmbeddedLog, Frame
 from tradepulse.market_time import NS_PER_S, now_ns
 from tradepulse.ops import metrics
 from tradepulse.process.pipeline import Processor
+from tradepulse.sources.gapfill import PENDING_KEY, GapFiller, decode_pending, encode_pending
 from tradepulse.store.base import StoreBatch, WriteResult
 
 log = logging.getLogger("tradepulse.run")
@@ -73,8 +83,8 @@ class Backpressure:
             metrics.BACKPRESSURE_PAUSES.inc()
 
     async def wait(self) -> None:
-        delay = self.pause_until - time.monotonic()
-        if delay > 0:
+        # A slow write that lands during the sleep moves the deadline: wait for the new one.
+        while (delay := self.pause_until - time.monotonic()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(delay)
 
 
@@ -91,10 +101,13 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.processor = processor
-        self.log = EmbeddedLog(settings.ws_queue_frames)
+        self.log = EmbeddedLog(settings.ws_queue_frames, settings.ws_queue_bytes)
         self._write = write
         self._on_written = on_written
-        self._write_q: asyncio.Queue[StoreBatch | None] = asyncio.Queue(maxsize=2)
+        # Each batch travels with the `committed` futures of its frames, resolved after its write.
+        self._write_q: asyncio.Queue[tuple[StoreBatch, list[asyncio.Future[None]]] | None] = (
+            asyncio.Queue(maxsize=2)
+        )
         self.stats = RunStats()
         self.backpressure = Backpressure(
             settings.backpressure_latency_ms / 1000, settings.backpressure_pause_ms / 1000
@@ -138,14 +151,17 @@ class Pipeline:
                     n / len(frames)
                 )
             self.stats.events_in_flight += n
-            await self._write_q.put(batch)
+            waiters = [f.committed for f in frames if f.committed is not None]
+            await self._write_q.put((batch, waiters))
             # Yield so the socket reader and the API get the loop between CPU-bound batches.
             await asyncio.sleep(0)
         await self._write_q.put(None)
 
     async def write_loop(self) -> None:
-        while (batch := await self._write_q.get()) is not None:
+        while (item := await self._write_q.get()) is not None:
+            batch, waiters = item
             if self.error is not None:
+                _settle(waiters, self.error)
                 continue  # drain, so the processor is never blocked on a dead writer
             try:
                 result = await asyncio.to_thread(self._write, batch)
@@ -153,7 +169,9 @@ class Pipeline:
                 log.error("store write failed: %s", exc)
                 self.error = exc
                 self.failed.set()
+                _settle(waiters, exc)
                 continue
+            _settle(waiters, None)
             done_ns = now_ns()
             self._account(batch, result, done_ns)
             self.backpressure.observe(result.latency_s)
@@ -176,6 +194,16 @@ class Pipeline:
             metrics.EVENTS.labels("duplicate", "trade").inc(result.trades_duplicate)
         metrics.LAG.set(self.lag())
         _observe_latency(batch, done_ns)
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for w in waiters:
+        if w.done():  # its waiter was cancelled (the run is stopping)
+            continue
+        if error is None:
+            w.set_result(None)
+        else:
+            w.set_exception(StoreWriteError(f"store write failed: {error}"))
 
 
 def _observe_latency(batch: StoreBatch, done_ns: int, samples: int = 64) -> None:
@@ -253,7 +281,13 @@ async def periodic(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
         if not stop.is_set():
-            await fn()
+            try:
+                await fn()
+            except Exception as exc:
+                # One failed turn (a cold flush on a full disk) must not end the loop for the
+                # rest of the run: the next turn retries from the last recorded position.
+                name = getattr(fn, "__name__", "periodic task")
+                log.error("%s failed: %s; retrying in %.0f s", name, exc, interval_s)
 
 
 @dataclass
@@ -264,6 +298,7 @@ class EmbeddedBackend:
     hot: Any
     cold: Any
     paths: dict[str, Path]
+    last_trade_ns: dict[str, int] = field(default_factory=dict)  # this session's, set by warm
 
     @classmethod
     def open(cls, settings: Settings) -> EmbeddedBackend:
@@ -272,27 +307,46 @@ class EmbeddedBackend:
         from tradepulse.store.hot.sqlite import SQLiteHotStore
 
         paths = data_paths(settings)
-        paths["root"].mkdir(parents=True, exist_ok=True)
+
+        def unusable(exc: Exception) -> StoreWriteError:
+            # One line naming the place (the CLI exits 1 with it), not a traceback from deep
+            # inside sqlite3 for a data dir that is a file, unwritable or full.
+            return StoreWriteError(f"cannot use the data dir {paths['root']}: {exc}")
+
+        try:  # before the stages, whose imports take seconds: a bad path fails at once
+            paths["root"].mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unusable(exc) from exc
         processor = Processor(
             build_stages(settings), max_skew_ns=int(settings.max_clock_skew_s * NS_PER_S)
         )
-        hot = SQLiteHotStore(
-            paths["hot"],
-            processor.tables,
-            retention_ns=int(settings.hot_retention_h * 3600 * NS_PER_S),
-        )
-        cold = ParquetColdStore(paths["cold"], hot, processor.tables)
+        hot: SQLiteHotStore | None = None
+        try:
+            hot = SQLiteHotStore(
+                paths["hot"],
+                processor.tables,
+                retention_ns=int(settings.hot_retention_h * 3600 * NS_PER_S),
+            )
+            cold = ParquetColdStore(paths["cold"], hot, processor.tables)
+        except (OSError, sqlite3.Error) as exc:
+            if hot is not None:
+                hot.close()
+            raise unusable(exc) from exc
         return cls(processor, hot, cold, paths)
 
     def warm(self) -> int:
         """Rebuild stage state from the current session's stored trades (and the articles
         stored but not yet joined), so a restart continues where the last run stopped."""
-        from tradepulse.market_time import session_start_ns, trading_day
+        from tradepulse.market_time import session_start_ns
+        from tradepulse.process.features import session_of
 
-        since = session_start_ns(trading_day(now_ns()))
+        # session_of, not trading_day: before 04:00 ET the session is still yesterday's.
+        since = session_start_ns(session_of(now_ns()))
         trades = self.hot.trades_since(since)
         news = self.hot.unjoined_news()
         self.processor.warm(trades, news)
+        for t in trades:  # in time order: the last one per ticker wins
+            self.last_trade_ns[t.ticker] = t.timestamp
         return len(trades)
 
     def close(self) -> None:
@@ -332,6 +386,7 @@ async def run_embedded(
     from tradepulse.api.publish import publish_batch
     from tradepulse.api.stream import Broadcaster
     from tradepulse.ops.health import HealthMonitor
+    from tradepulse.sources.polygon_ws import SOURCE as SOURCE_WS
     from tradepulse.sources.polygon_ws import PolygonWSClient
 
     backend = EmbeddedBackend.open(settings)
@@ -343,6 +398,23 @@ async def run_embedded(
     install_signal_handlers(stop)
     tasks: list[asyncio.Task[Any]] = []
 
+    server = None
+    api_task: asyncio.Task[None] | None = None
+    if serve_api:
+        import uvicorn
+
+        from tradepulse.store.query import QueryEngine
+
+        # Look-backs past the hot window (hours > 48) read hot + cold through the query layer.
+        engine = QueryEngine(settings.data_dir, processor.tables)
+        app = create_app(settings, hot, health, broadcaster, query=engine.query_rows)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
+        )
+        # Up before the simulator's history and the warm-up, so the dashboard answers at once.
+        api_task = asyncio.create_task(server.serve(), name="api")
+        out(f"[tradepulse] dashboard and API on http://{settings.host}:{settings.port}")
+
     sim = None
     ws_url = settings.polygon_ws_url
     api_key = settings.polygon_api_key.get_secret_value() if settings.polygon_api_key else ""
@@ -350,13 +422,22 @@ async def run_embedded(
         from tradepulse.sim import MarketSimulator, SimConfig
 
         cfg = sim_config or SimConfig(
-            tickers=list(settings.tickers), rate=2000.0, truth_dir=paths["truth"]
+            tickers=list(settings.tickers),
+            rate=DEFAULT_SIM_RATE,
+            truth_dir=paths["truth"],
+            history_s=settings.warmup_s,
         )
         sim = MarketSimulator(cfg)
+        began = time.monotonic()
         await sim.start()
         ws_url = sim.ws_url
-        api_key = api_key or "simulator"
+        api_key = api_key or cfg.api_key
         out(f"[tradepulse] simulator on {sim.ws_url} (REST {sim.http_url})")
+        if cfg.history_s > 0:
+            out(
+                f"[tradepulse] simulator: {cfg.history_s:.0f} s of market history generated "
+                f"in {time.monotonic() - began:.1f} s"
+            )
 
     def on_written(batch: StoreBatch, result: WriteResult) -> None:
         health.record_batch(len(batch), result.latency_s, pipeline.lag())
@@ -372,6 +453,47 @@ async def run_embedded(
     pending: list[asyncio.Task[None]] = []  # disconnect records on their way into the log
     if on_start is not None:
         on_start(pipeline)
+    proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
+    write_task = asyncio.create_task(pipeline.write_loop(), name="writer")
+
+    filler = None
+    warm_end: int | None = None
+    rest = _rest_endpoint(settings, sim, api_key)
+    if rest is not None:
+        filler = GapFiller(
+            rest[0],
+            rest[1],
+            settings.tickers,
+            pipeline.log.put,
+            frame_events=settings.batch_max_events,
+            out=out,
+        )
+        # The built-in simulator's history ends where its live clock started.
+        # (+1: REST's upper bound is exclusive, the history's last instant is not.)
+        until = sim.started_at_ns + 1 if sim is not None and sim.started_at_ns else now_ns()
+        unfilled = decode_pending(hot.position(PENDING_KEY))
+        await warm_up(settings, filler, backend.last_trade_ns, unfilled, until, out)
+        warm_end = until
+        tasks.append(asyncio.create_task(filler.run(), name="gap-filler"))
+
+    def on_connection(up: bool) -> None:
+        nonlocal warm_end
+        health.set_feed(up)
+        if up and filler is not None and warm_end is not None:
+            # What happened between the warm-up's end and this first connection.
+            d = Disconnect(SOURCE_WS, warm_end, now_ns(), "warm-up until live")
+            warm_end = None
+            position = filler.request(d)
+            pending.append(
+                asyncio.create_task(pipeline.log.put(Frame(recv_ts=now_ns(), position=position)))
+            )
+
+    def on_disconnect(d: Disconnect) -> None:
+        # The fill's pending record commits with the disconnect record, ahead of the live
+        # frames read after the reconnect: a crash before the fill lands cannot forget it.
+        position = filler.request(d) if filler is not None else None
+        frame = Frame(recv_ts=now_ns(), disconnects=[d], position=position)
+        pending.append(asyncio.create_task(pipeline.log.put(frame)))
 
     client = PolygonWSClient(
         ws_url,
@@ -381,33 +503,13 @@ async def run_embedded(
         reconnect_base_s=settings.reconnect_base_s,
         reconnect_max_s=settings.reconnect_max_s,
         max_frame_bytes=settings.ws_max_frame_bytes,
-        on_connection=health.set_feed,
-        on_disconnect=lambda d: pending.append(
-            asyncio.create_task(pipeline.log.put(Frame(recv_ts=now_ns(), disconnects=[d])))
-        ),
+        on_connection=on_connection,
+        on_disconnect=on_disconnect,
     )
-
-    server = None
-    api_task: asyncio.Task[None] | None = None
-    if serve_api:
-        import uvicorn
-
-        from tradepulse.store.query import QueryEngine
-
-        # Look-backs past the hot window (hours > 48) read hot + cold through the query layer.
-        engine = QueryEngine(settings.data_dir, processor.tables)
-        app = create_app(settings, hot, health, broadcaster, query=engine.query_rows)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
-        )
-        api_task = asyncio.create_task(server.serve(), name="api")
-        out(f"[tradepulse] dashboard and API on http://{settings.host}:{settings.port}")
 
     if until_feed_closes:
         client.expect_close()
     client_task = asyncio.create_task(client.run(), name="ws-client")
-    proc_task = asyncio.create_task(pipeline.process_loop(), name="processor")
-    write_task = asyncio.create_task(pipeline.write_loop(), name="writer")
 
     news_task = asyncio.create_task(_news_poller(settings, pipeline, sim, out), name="news")
 
@@ -425,7 +527,9 @@ async def run_embedded(
 
     async def watch_client() -> None:
         # A wrong API key ends the client with AuthError: stop the run with that message.
-        with contextlib.suppress(asyncio.CancelledError):
+        # Its error is raised from client_task after the drain; letting it escape here would
+        # skip stop.set(), and the run would go on until its duration (or forever).
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await client_task
         stop.set()
 
@@ -435,6 +539,8 @@ async def run_embedded(
     stop.set()
 
     # Orderly drain: source first, then log → processor → writer, then the cold flush.
+    if filler is not None and not await filler.drain(timeout_s=30.0):
+        out("[tradepulse] a gap fill was still running at shutdown; see `tradepulse backfill`")
     if sim is not None:
         client.expect_close()
         await sim.stop()
@@ -474,6 +580,77 @@ async def run_embedded(
     )
 
 
+DEFAULT_SIM_RATE = 1000.0  # events/s of `tradepulse run`'s simulator (trades + quotes)
+
+
+def _rest_endpoint(settings: Settings, sim: Any | None, ws_key: str) -> tuple[str, str] | None:
+    """Where the REST trades of the live feed come from: the simulator's own endpoint, or
+    Polygon's with the same key; None for sources without one."""
+    if sim is not None:
+        return sim.http_url, ws_key
+    if settings.resolved_source == "polygon" and settings.polygon_api_key is not None:
+        return settings.polygon_rest_url, settings.polygon_api_key.get_secret_value()
+    return None
+
+
+def warmup_ranges(
+    tickers: Sequence[str], last_trade_ns: Mapping[str, int], now: int, warmup_s: float
+) -> dict[str, tuple[int, int]]:
+    """Per ticker, what to pull before going live: the last `warmup_s` seconds, or — after a
+    restart — everything since the last trade stored this session (what the dead process
+    missed), never reaching back before the session start."""
+    from tradepulse.market_time import session_start_ns
+    from tradepulse.process.features import session_of
+
+    session = session_start_ns(session_of(now))
+    out = {}
+    for t in tickers:
+        last = last_trade_ns.get(t)
+        lo = last if last is not None else now - int(warmup_s * NS_PER_S)
+        out[t] = (max(lo, session), now)
+    return out
+
+
+async def warm_up(
+    settings: Settings,
+    filler: GapFiller,
+    last_trade_ns: Mapping[str, int],
+    unfilled: Sequence[tuple[int, int]],
+    until_ns: int,
+    out: Callable[[str], None],
+) -> None:
+    """Before the live feed starts: the fills a previous run requested but did not commit,
+    then the history of `warmup_ranges` up to `until_ns`, each committed before returning
+    (so the live latency figures never include the warm-up's processing)."""
+    from tradepulse.sources.polygon_rest import RestError
+
+    began = time.monotonic()
+    left = list(unfilled)
+    try:
+        for span in unfilled:
+            left.remove(span)
+            res = await filler.fill(
+                dict.fromkeys(settings.tickers, span), (PENDING_KEY, encode_pending(left))
+            )
+            out(f"[tradepulse] gap left by the last run filled from REST: {res.trades:,} trades")
+    except (RestError, httpx.HTTPError) as exc:
+        out(f"[tradepulse] could not fill the last run's gaps from REST ({exc}); see backfill")
+    ranges = warmup_ranges(settings.tickers, last_trade_ns, until_ns, settings.warmup_s)
+    ranges = {t: r for t, r in ranges.items() if r[1] > r[0]}
+    if not ranges:
+        return
+    span_s = max(hi - lo for lo, hi in ranges.values()) / NS_PER_S
+    out(f"[tradepulse] warm-up: fetching up to {span_s:,.0f} s of trades from REST")
+    try:
+        res = await filler.fill(ranges)
+    except (RestError, httpx.HTTPError) as exc:
+        out(f"[tradepulse] warm-up skipped ({exc}); windows fill from the live feed instead")
+        return
+    out(
+        f"[tradepulse] warm-up: {res.trades:,} trades processed in {time.monotonic() - began:.1f} s"
+    )
+
+
 async def _news_poller(
     settings: Settings, pipeline: Pipeline, sim: Any | None, out: Callable[[str], None]
 ) -> None:
@@ -482,12 +659,20 @@ async def _news_poller(
     from tradepulse.sources.finnhub import poller_from_settings
     from tradepulse.validate import Decoded
 
+    async def durably(frame: Frame) -> None:
+        # The poller marks what it delivered as seen, never to be fetched again, as soon as
+        # this returns: returning before the batch is committed (the frame only on the
+        # in-memory log) would lose it for good to a kill in between.
+        frame.committed = asyncio.get_running_loop().create_future()
+        await pipeline.log.put(frame)
+        await frame.committed
+
     async def put_news(items: list[News]) -> None:
-        await pipeline.log.put(Frame(recv_ts=now_ns(), news=items, source="finnhub"))
+        await durably(Frame(recv_ts=now_ns(), news=items, source="finnhub"))
 
     async def put_dead(items: list[DeadLetter]) -> None:
         decoded = Decoded(trades=[], quotes=[], dead_letters=list(items), statuses=[])
-        await pipeline.log.put(Frame(recv_ts=now_ns(), decoded=decoded, source="finnhub"))
+        await durably(Frame(recv_ts=now_ns(), decoded=decoded, source="finnhub"))
 
     sim_url = sim.http_url if sim is not None else None
     use_sim = sim_url is not None and not settings.finnhub_api_key

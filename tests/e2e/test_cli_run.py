@@ -44,6 +44,8 @@ def _query(data: Path, sql: str, env: dict[str, str], cwd: Path) -> list[dict[st
 
 def test_run_serves_the_api_and_stores_exactly_the_truth(tmp_path: Path, port: int) -> None:
     data, env = tmp_path / "data", _env(tmp_path)
+    # A short warm-up history keeps this fast; the warm-up itself has its own test.
+    env["TRADEPULSE_WARMUP_S"] = "120"
     cmd = [*TP, "run", "--duration", "30", "--data-dir", str(data), "--port", str(port),
            "--bad-rate", "0.001", "--rate", "2000"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,

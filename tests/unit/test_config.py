@@ -51,3 +51,16 @@ def test_secret_values_are_not_echoed_in_errors(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "sekrit-value" not in str(err.value)
+
+
+def test_anomaly_threshold_defaults_to_fixed_and_accepts_cutoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().anomaly_threshold == -0.7
+    monkeypatch.setenv("TRADEPULSE_ANOMALY_THRESHOLD", "cutoff")
+    assert load_settings().anomaly_threshold is None
+    monkeypatch.setenv("TRADEPULSE_ANOMALY_THRESHOLD", "-0.6")
+    assert load_settings().anomaly_threshold == -0.6
+    monkeypatch.setenv("TRADEPULSE_ANOMALY_THRESHOLD", "0.3")
+    with pytest.raises(ConfigError, match="TRADEPULSE_ANOMALY_THRESHOLD"):
+        load_settings()

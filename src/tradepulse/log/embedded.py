@@ -2,6 +2,8 @@
 
 Bounded on purpose: when processing falls behind, `put` waits, the WebSocket reader stops
 reading, and TCP flow control pushes back on the sender instead of memory growing without limit.
+Bounded twice: in frames, and in bytes — a count alone lets a peer that sends frames just under
+the size limit (4 MiB) hold thousands of them (GBs) in the queue.
 Durability on this backend comes from the hot store: a frame's events are durable once the batch
 that holds them is committed, together with the source positions it advanced.
 """
@@ -27,6 +29,9 @@ class Frame:
     disconnects: list[Disconnect] | None = None
     source: str = "polygon-ws"
     position: tuple[str, str] | None = None  # (key, value) committed with the batch
+    # Resolved once the batch holding this frame is committed (an exception if it failed),
+    # for a source that may forget what it delivered only once that is durable.
+    committed: asyncio.Future[None] | None = None
 
 
 Item = Frame | tuple[int, bytes | str]
@@ -38,12 +43,50 @@ def _as_frame(item: Item) -> Frame:
     return Frame(recv_ts=item[0], raw=item[1])
 
 
+_RECORD_BYTES = 256  # rough in-memory size of one decoded record, for frames without raw bytes
+
+
+def weight(item: Item) -> int:
+    """Bytes an item holds in the queue: its raw frame, or an estimate for decoded events."""
+    if isinstance(item, Frame):
+        if item.raw is not None:
+            return len(item.raw)
+        n = len(item.news or ()) + len(item.disconnects or ())
+        if item.decoded is not None:
+            d = item.decoded
+            n += len(d.trades) + len(d.quotes) + len(d.dead_letters)
+        return 64 + n * _RECORD_BYTES
+    return len(item[1])
+
+
+class FrameQueue(asyncio.Queue[Item]):
+    """An asyncio queue full at `maxsize` items or at `max_bytes` (see `weight`), whichever
+    comes first. An empty queue always takes one item, however large, so nothing is refused."""
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def full(self) -> bool:
+        return super().full() or (self.bytes >= self.max_bytes and self.qsize() > 0)
+
+    def _put(self, item: Item) -> None:
+        self.bytes += weight(item)
+        super()._put(item)
+
+    def _get(self) -> Item:
+        item = super()._get()
+        self.bytes -= weight(item)
+        return item
+
+
 class EmbeddedLog:
     """`queue` is handed to the WebSocket client, which puts `(recv_ts_ns, raw)` tuples on it;
     other sources (replay, backfill) put `Frame`s with already-decoded events."""
 
-    def __init__(self, max_frames: int) -> None:
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_frames)
+    def __init__(self, max_frames: int, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.queue: FrameQueue = FrameQueue(max_frames, max_bytes)
 
     async def put(self, frame: Frame) -> None:
         await self.queue.put(frame)

@@ -5,7 +5,7 @@ element that is not a valid event becomes exactly one `DeadLetter` with its reas
 takes its valid neighbours in the same frame with it, and nothing is dropped silently.
 """
 
-from tradepulse.validate.decode import Decoded, decode_frame
+from tradepulse.validate.decode import Decoded, RefusedFrame, decode_frame
 from tradepulse.validate.rules import REASONS, check_quote, check_trade
 
-__all__ = ["REASONS", "Decoded", "check_quote", "check_trade", "decode_frame"]
+__all__ = ["REASONS", "Decoded", "RefusedFrame", "check_quote", "check_trade", "decode_frame"]

@@ -65,6 +65,15 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 _AT = re.compile(r"at `\$(?:\[\d+\])?\.?([^`]*)`")
 
 
+class RefusedFrame(str):
+    """What the socket reader puts on the log in place of a frame it refused to read (over
+    its size limit), saying what was refused. It decodes to one `frame_too_large` dead letter,
+    so a refused frame is counted like any other rejected input instead of vanishing with
+    the connection it made the reader close."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class Decoded:
     trades: list[Trade] = field(default_factory=list)
@@ -80,11 +89,15 @@ def _raw_text(raw: bytes | str) -> str:
     return text
 
 
-def _element_text(elem: Any) -> str:
+def _element_text(elem: Any, frame: bytes | str = b"") -> str:
+    """The element as JSON text; for one nested too deep to serialise, the frame holding it."""
     try:
         return _raw_text(orjson.dumps(elem))
     except TypeError:
-        return _raw_text(json.dumps(elem))
+        try:
+            return _raw_text(json.dumps(elem))
+        except RecursionError:
+            return _raw_text(frame) if frame else "<element nested too deep to show>"
 
 
 def _reason(exc: msgspec.ValidationError, elem: Any) -> str:
@@ -191,12 +204,16 @@ def decode_frame(
 ) -> Decoded:
     """Decode one frame. `now_ns` is the reference for the clock-skew rule (default: recv_ts)."""
     b = _Builder(recv_ts, source, recv_ts if now_ns is None else now_ns, max_skew_ns)
-    if max_frame_bytes is not None and len(raw) > max_frame_bytes:
+    if isinstance(raw, RefusedFrame) or (
+        max_frame_bytes is not None and len(raw) > max_frame_bytes
+    ):
         b.dead("frame_too_large", _raw_text(raw))
         return b.out
     try:
         msgs = _frame_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        # RecursionError: msgspec recurses into nested values, even ones it skips, and a
+        # hostile frame can nest deeper than the interpreter's limit.
         _slow_path(raw, b)
         return b.out
     b.raw_frame = raw
@@ -208,9 +225,10 @@ def decode_frame(
 def _slow_path(raw: bytes | str, b: _Builder) -> None:
     try:
         data = _any_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         # msgspec refuses numbers outside int64/float64; the standard parser reads them (as
         # big ints or inf) so only the element holding one is rejected, not its neighbours.
+        # Nesting beyond the recursion limit defeats both: then the frame is one dead letter.
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
@@ -220,12 +238,12 @@ def _slow_path(raw: bytes | str, b: _Builder) -> None:
     for elem in elements:
         try:
             m = msgspec.convert(elem, Msg)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, RecursionError) as exc:
             ticker = elem.get("sym") if isinstance(elem, dict) else None
-            b.dead(
-                _reason(exc, elem),
-                _element_text(elem),
-                ticker if isinstance(ticker, str) else None,
-            )
+            if isinstance(exc, msgspec.ValidationError):
+                reason = _reason(exc, elem)
+            else:
+                reason = "wrong_type:nested" if isinstance(elem, dict) else "not_an_event"
+            b.dead(reason, _element_text(elem, raw), ticker if isinstance(ticker, str) else None)
             continue
         b.add(m, elem)

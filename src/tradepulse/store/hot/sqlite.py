@@ -425,7 +425,10 @@ class SQLiteHotStore:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite has already rolled back by itself after some errors (SQLITE_FULL, some
+                # I/O errors); a ROLLBACK then fails and its error would hide the real one.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         latency = time.perf_counter() - started
         return WriteResult(
