@@ -8,12 +8,17 @@ import pytest
 from sklearn.ensemble import IsolationForest
 
 from tradepulse.process.anomaly import (
+    FEATURES,
+    KIND_BY_FEATURE,
     AnomalyEngine,
     AnomalyParams,
     Forest,
+    _judge,
     anomaly_rows,
     fit_forest,
     model_seed,
+    percentile,
+    robust_scale,
 )
 
 pytestmark = pytest.mark.unit
@@ -148,3 +153,98 @@ def test_new_session_starts_fresh() -> None:
     engine.update("AAPL", SESSION, normal_vectors(1200))
     assert engine.update("AAPL", SESSION + 1, normal_vectors(100)) is None
     assert engine.state["AAPL"].count == 100
+
+
+def test_retrain_off_keeps_the_first_model() -> None:
+    x = normal_vectors(2600, seed=7)
+    on_s, _ = run(AnomalyEngine(), x, [137])
+    engine = AnomalyEngine(AnomalyParams(retrain=False))
+    off_s, off_v = run(engine, x, [137])
+    assert engine.fits == 1
+    assert np.isnan(off_s[:500]).all() and (off_v[500:] == 1).all()
+    # Until the second model would take over, both engines are the same engine.
+    np.testing.assert_array_equal(off_s[:1000], on_s[:1000])
+    assert not np.array_equal(off_s[1000:], on_s[1000:])
+
+
+def reference_kinds(x: np.ndarray, med: np.ndarray, scale: np.ndarray) -> list[str]:
+    """The definition of the kind, in numpy (ties: first feature; a NaN wins)."""
+    idx = np.argmax(np.abs(x - med) / scale, axis=1)
+    return [KIND_BY_FEATURE[FEATURES[i]] for i in idx.tolist()]
+
+
+def test_flags_and_kinds_follow_their_numpy_definition() -> None:
+    x = normal_vectors(3000, seed=8)
+    x[2000:2300] *= 1.8  # a drift, so some batches hold many flagged rows
+    engine = AnomalyEngine()
+    a = 0
+    seen = 0
+    for size in [16, 7, 500, 1, 33] * 30:
+        out = engine.update("AAPL", SESSION, x[a : a + size])
+        if out is not None:
+            np.testing.assert_array_equal(out.is_anomaly, out.score < out.threshold)
+            st = engine.state["AAPL"]
+            assert st.model is not None
+            # Rows of the batch scored before its retrain point (if any) used the older model:
+            # check the ones scored by the current model's version.
+            cur = out.version == st.model.version
+            rows = x[a + out.index[cur & out.is_anomaly]]
+            got = [k for k, c, f in zip(out.kind, cur, out.is_anomaly, strict=True) if c and f]
+            assert got == reference_kinds(rows, st.model.med, st.model.scale)
+            assert all(k == "" for k, f in zip(out.kind, out.is_anomaly, strict=True) if not f)
+            seen += int(out.is_anomaly.sum())
+        a += size
+        if a >= len(x):
+            break
+    assert seen > 20
+
+
+def test_kind_ties_and_nan_as_numpy_argmax() -> None:
+    med, scale = np.zeros(6), np.ones(6)
+    x = np.array(
+        [
+            [1.0, -3.0, 3.0, 0.0, 0.0, 0.0],  # tie between features 1 and 2: the first
+            [0.0, 0.0, np.nan, 9.0, 0.0, 0.0],  # NaN wins, wherever the maximum is
+            [np.nan, 5.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all equal: feature 0
+            [0.0, 0.0, 0.0, 0.0, 0.0, np.inf],
+        ]
+    )
+    score = np.full(len(x), -0.9)
+    index, thr, ver, flagged, kind, n = _judge(x, 0, score, -0.5, 3, med, scale)
+    np.testing.assert_array_equal(kind, np.argmax(np.abs(x - med) / scale, axis=1))
+    assert flagged.all() and n == len(x) and (ver == 3).all() and (thr == -0.5).all()
+    np.testing.assert_array_equal(index, np.arange(len(x)))
+    _, _, _, flagged, kind, n = _judge(x, 1, score[:3], -0.95, 1, med, scale)
+    assert not flagged.any() and n == 0 and (kind == -1).all()
+
+
+def test_robust_scale_equals_numpy_medians() -> None:
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 3, 10, 999, 1000):
+        x = np.round(rng.normal(size=(n, 6)) * 10, 1)  # ties
+        x[:, 4] = 7.0  # a constant feature: the floor
+        med = np.median(x, axis=0)
+        mad = 1.4826 * np.median(np.abs(x - med), axis=0)
+        want = np.maximum(mad, 1e-9 * np.maximum(np.abs(med), 1.0))
+        got_med, got_scale = robust_scale(x)
+        np.testing.assert_array_equal(got_med, med)
+        np.testing.assert_array_equal(got_scale, want)
+
+
+def test_percentile_equals_numpy() -> None:
+    rng = np.random.default_rng(10)
+    for _ in range(500):
+        n = int(rng.integers(1, 1200))
+        a = np.round(rng.normal(size=n), int(rng.integers(0, 4)))  # ties at some roundings
+        for q in (1.0, 0.1, 0.7, 2.5, 50.0, 99.99, 100.0, float(rng.uniform(0, 100))):
+            assert percentile(a, q) == np.percentile(a, q), (n, q)
+
+
+def test_scores_of_float32_input_equal_scikit_learn() -> None:
+    x = normal_vectors(400, seed=11)
+    model = IsolationForest(n_estimators=20, random_state=1).fit(x)
+    probe = normal_vectors(64, seed=12).astype(np.float32)
+    np.testing.assert_array_equal(
+        Forest.from_sklearn(model).score(probe), model.score_samples(probe)
+    )

@@ -91,6 +91,7 @@ class Recorder:
     quotes_inserted: int = 0
     dead_letters: int = 0
     max_batch: int = 0
+    unmeasured: int = 0  # events received before `on_start` (a run that starts it late)
     observer_s: float = 0.0
     pipeline: Any = None
     _phase_ends: list[float] = field(default_factory=list)
@@ -130,6 +131,9 @@ class Recorder:
         t0 = time.perf_counter()
         trades, quotes = batch.trades, batch.quotes
         n = len(trades) + len(quotes)
+        if not self.started_ns:
+            self.unmeasured += n
+            return
         self.batches += 1
         self.trades += len(trades)
         self.quotes += len(quotes)
@@ -138,13 +142,19 @@ class Recorder:
         self.dead_letters += result.dead_letters
         self.store_write.record_value(max(1, min(US_MAX, int(result.latency_s * 1e6))))
         if n:
+            ingest = np.fromiter(
+                (e.ingest_ts for seq in (trades, quotes) for e in seq), np.int64, count=n
+            )
+            # Events received before a late `on_start` waited out whatever delayed it: they
+            # are counted, not measured.
+            ingest = ingest[ingest >= self.started_ns]
+            self.unmeasured += n - len(ingest)
+            n = len(ingest)
+        if n:
             self.events += n
             self.max_batch = max(self.max_batch, n)
             rel = (done_ns - self.started_ns) / 1e9
             self.per_second[int(rel)] += n
-            ingest = np.fromiter(
-                (e.ingest_ts for seq in (trades, quotes) for e in seq), np.int64, count=n
-            )
             lat_us = np.clip((done_ns - ingest) // 1000, 1, US_MAX)
             values, counts = np.unique(lat_us, return_counts=True)
             phase = self.phase_at(rel)

@@ -25,6 +25,8 @@ def write_plots(doc: dict[str, Any], out: Path) -> dict[str, str]:
         files["plot_throughput_lag"] = str(_throughput_lag(live, out / "throughput_lag.png"))
         files["plot_latency"] = str(_latency(live, out / "latency.png"))
         files["plot_resources"] = str(_resources(live, out / "resources.png"))
+    if doc.get("retrain"):
+        files["plot_retrain"] = str(_retrain(doc["retrain"], out / "retrain.png"))
     if doc.get("max"):
         files["plot_max"] = str(_max(doc["max"], out / "max_rate.png"))
     return files
@@ -76,17 +78,54 @@ def _latency(live: dict[str, Any], path: Path) -> Path:
     hist = live.get("latency_histogram") or []
     if hist:
         # HDR buckets are 0.1 % wide: regroup them into log-spaced bins to show the shape.
-        vals = np.array([max(v, 1e-3) for v, _ in hist])
-        counts = np.array([c for _, c in hist])
-        edges = np.geomspace(vals.min(), vals.max() * 1.001, 60)
-        binned, _ = np.histogram(vals, bins=edges, weights=counts)
-        ax2.bar(edges[:-1], binned, width=np.diff(edges), align="edge")
+        vals = [max(v, 1e-3) for v, _ in hist]
+        edges = np.geomspace(min(vals), max(vals) * 1.001, 60)
+        ax2.bar(edges[:-1], _log_binned(hist, edges), width=np.diff(edges), align="edge")
         ax2.set_xscale("log")
         ax2.set_yscale("log")
     ax2.set_xlabel("latency ms (log)")
     ax2.set_ylabel("events")
     ax2.set_title("End-to-end latency histogram (whole run)")
     ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _log_binned(hist: list[Any], edges: Any) -> Any:
+    vals = np.array([max(v, 1e-3) for v, _ in hist])
+    counts = np.array([c for _, c in hist])
+    return np.histogram(vals, bins=edges, weights=counts)[0]
+
+
+def _retrain(rt: dict[str, Any], path: Path) -> Path:
+    """E2E latency and batch processing time, retraining on vs off, on shared log bins."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in (
+        (axes[0], "latency_histogram", "End-to-end latency"),
+        (axes[1], "batch_process_histogram", "Processor time per batch"),
+    ):
+        hists = {n: rt[n].get(key) or [] for n in ("on", "off")}
+        every = [v for h in hists.values() for v, _ in h]
+        if every:
+            lo, hi = max(min(every), 1e-3), max(every) * 1.001
+            edges = np.geomspace(lo, max(hi, lo * 1.01), 60)
+            for name, color in (("on", "tab:red"), ("off", "tab:blue")):
+                if hists[name]:
+                    ax.stairs(
+                        _log_binned(hists[name], edges),
+                        edges,
+                        color=color,
+                        label=f"retraining {name} ({rt[name]['retrains']} retrains)",
+                    )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend()
+        ax.set_xlabel("ms (log)")
+        ax.set_ylabel("events" if key == "latency_histogram" else "batches")
+        ax.set_title(f"{title}, retraining on vs off")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -62,7 +62,8 @@ def plan(
     # the target ("lag drains within 60 s"), so the run continues long enough to see it.
     recovery_s = recovery_s if recovery_s is not None else (10.0 if quick else 60.0)
     if scenario == "market-open":
-        sustained = duration_s if duration_s is not None else (40.0 if quick else 600.0)
+        # Quick: 30 s, which leaves room in the two minutes for the retrain on/off runs.
+        sustained = duration_s if duration_s is not None else (30.0 if quick else 600.0)
         phases = (
             Phase("sustained", sustained, base),
             Phase("burst", burst_s, base * BURST_MULT),

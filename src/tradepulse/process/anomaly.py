@@ -20,17 +20,22 @@ loop (about 12 ms per call), the trees live in flat arrays walked by a numba ker
 same float32 inputs and the same summation order, so for trees exported from scikit-learn
 (`Forest.from_sklearn`) the scores are bit-identical (tested).
 
-Training runs synchronously, with the compiled trainer of `iforest.py` (about 2 ms per forest
-including the cut-off, against 140–370 ms for scikit-learn's `fit`): a background fit would
-make the version that scores a given trade depend on thread timing, and determinism on replay
-is the stronger requirement. scikit-learn's trainer stays selectable as the reference
-(`AnomalyParams.trainer = "sklearn"`); the two grow different trees from the same seed but of
-the same distribution, and their detection quality (AUC) is compared in the tests. The
-cut-off `offset_` is computed as scikit-learn does: the contamination quantile of the training
-rows' scores.
+Training runs synchronously, with the compiled trainer of `iforest.py` (1.2–1.9 ms per retrain
+on the 2-core bench machine, cut-off and medians included, against 140–370 ms for
+scikit-learn's `fit`): a background fit would make the version that scores a given trade
+depend on thread timing, and determinism on replay is the stronger requirement.
+scikit-learn's trainer stays selectable as the reference (`AnomalyParams.trainer =
+"sklearn"`); the two grow different trees from the same seed but of the same distribution, and
+their detection quality (AUC) is compared in the tests. The cut-off `offset_` is computed as
+scikit-learn does: the contamination quantile of the training rows' scores (`percentile`:
+numpy's arithmetic without its ~60 µs of generic machinery).
 
 An anomaly is a score below the model's contamination cut-off (`offset_`), or below
 `threshold` when one is configured.
+
+`retrain = False` never replaces a model once one exists (a fresh engine keeps version 1 for
+the session): the benchmark's reference for what retraining costs the stream (`tradepulse
+bench`, retraining on vs off), not a mode to run in.
 
 `kind` names the feature that deviates most from the training window, by robust z
 (|x − median| / (1.4826·MAD)), mapped through `KIND_BY_FEATURE`.
@@ -44,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -54,7 +60,7 @@ from tradepulse.process.iforest import (
     grow_forest,
     max_depth_for,
     sibling_layout,
-    walk,
+    walk_rows,
 )
 from tradepulse.store.base import DerivedTable
 
@@ -82,6 +88,9 @@ KIND_BY_FEATURE = {
     "vwap_deviation": "price_jump",
     "trade_frequency": "trade_burst",
 }
+
+# By feature index; index −1 (not flagged) picks the empty kind at the end.
+_KIND_NAMES = (*(KIND_BY_FEATURE[f] for f in FEATURES), "")
 
 ANOMALIES_TABLE = DerivedTable(
     name="anomalies",
@@ -111,6 +120,7 @@ class AnomalyParams:
     n_trees: int = 100
     max_samples: int = 256
     trainer: Trainer = DEFAULT_TRAINER
+    retrain: bool = True  # False: a model, once fitted, is never replaced (see the module doc)
 
     @classmethod
     def from_settings(cls, settings: Any) -> AnomalyParams:
@@ -209,7 +219,7 @@ class Forest:
             xt, n_trees, psi, max_depth_for(psi), seed & 0x7FFFFFFFFFFFFFFF
         )
         denominator = float(n_trees * average_path_length(float(psi)))
-        offset = float(np.percentile(_to_scores(train, denominator), 100.0 * contamination))
+        offset = percentile(_to_scores(train, denominator), 100.0 * contamination)
         return cls(
             roots=roots,
             depth=depth,
@@ -224,11 +234,20 @@ class Forest:
 
     def score(self, x: npt.ArrayLike) -> F64:
         """`IsolationForest.score_samples` of the rows of `x` (cast to float32 as it does)."""
-        xt = features_major(x)
+        rows = np.asarray(x)
+        if rows.dtype != np.float64:
+            # Straight to float32, as scikit-learn casts (via float64 could round twice).
+            rows = features_major(rows).T
         if self.denominator == 0:
-            return _to_scores(np.zeros(xt.shape[1]), 0.0)  # no walk: every leaf is the root
-        depths = walk(
-            xt, self.roots, self.depth, self.left, self.feature, self.threshold, self.value
+            return _to_scores(np.zeros(len(rows)), 0.0)  # no walk: every leaf is the root
+        depths = walk_rows(
+            np.ascontiguousarray(rows),
+            self.roots,
+            self.depth,
+            self.left,
+            self.feature,
+            self.threshold,
+            self.value,
         )
         return _to_scores(depths, self.denominator)
 
@@ -273,19 +292,52 @@ def fit_forest(x: F64, seed: int, params: AnomalyParams) -> Forest:
     return Forest.from_sklearn(model)
 
 
+def percentile(a: F64, q: float) -> float:
+    """``np.percentile(a, q)`` of a 1-D array without NaN, by numpy's default ('linear')
+    method with its exact arithmetic, minus its generic machinery (~60 µs a call): the model's
+    cut-off must stay what scikit-learn's `offset_` would be, bit for bit."""
+    n = len(a)
+    virtual = (n - 1) * (q / 100)
+    if virtual >= n - 1:
+        return float(np.max(a))
+    lo = math.floor(virtual)
+    # numpy's gamma is taken against the integer index, its _lerp switches form at 0.5.
+    gamma = virtual - lo
+    part = np.partition(a, (lo, lo + 1))
+    below, above = float(part[lo]), float(part[lo + 1])
+    diff = above - below
+    if gamma >= 0.5:
+        return above - diff * (1 - gamma)
+    return below + diff * gamma
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _robust_scale(x: F64) -> tuple[F64, F64]:  # pragma: no cover - compiled
+    n, d = x.shape
+    med = np.empty(d)
+    scale = np.empty(d)
+    col = np.empty(n)
+    for f in range(d):
+        for i in range(n):
+            col[i] = x[i, f]
+        # numba's median: the middle value, or (a + b) / 2 of the two, as numpy's mean does.
+        m = np.median(col)
+        for i in range(n):
+            col[i] = abs(x[i, f] - m)
+        mad = 1.4826 * np.median(col)
+        a = abs(m)
+        floor = 1e-9 * (a if a > 1.0 else 1.0)
+        med[f] = m
+        scale[f] = mad if mad > floor else floor
+    return med, scale
+
+
 def robust_scale(x: F64) -> tuple[F64, F64]:
-    """Per-feature median and 1.4826·MAD (floored so a constant feature does not divide by 0)."""
-    med = np.median(x, axis=0)
-    mad = 1.4826 * np.median(np.abs(x - med), axis=0)
-    floor = 1e-9 * np.maximum(np.abs(med), 1.0)
-    return med, np.maximum(mad, floor)
-
-
-def kinds(x: F64, med: F64, scale: F64) -> list[str]:
-    """Kind per row: the `KIND_BY_FEATURE` of argmax |x − median| / scale."""
-    idx = np.argmax(np.abs(x - med) / scale, axis=1)
-    names = [KIND_BY_FEATURE[f] for f in FEATURES]
-    return [names[i] for i in idx.tolist()]
+    """Per-feature median and 1.4826·MAD (floored so a constant feature does not divide by 0),
+    of finite rows. Equal, bit for bit, to ``np.median`` over axis 0 of `x` and of
+    ``|x − median|``; compiled because numpy's two calls over a 1000-row window cost ~0.1 ms
+    a retrain."""
+    return _robust_scale(np.ascontiguousarray(x, dtype=np.float64))  # type: ignore[no-any-return]
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -360,46 +412,20 @@ class AnomalyEngine:
             st = _TickerState(session, pr.train_window)
             self.state[ticker] = st
         m = len(x)
-        idx_parts: list[I64] = []
-        score_parts: list[F64] = []
-        thr_parts: list[F64] = []
-        ver_parts: list[I64] = []
-        kind_parts: list[str] = []
+        every = pr.retrain_every
+        parts: list[tuple[int, F64, _Model]] = []
         a = 0
         while a < m:
-            b = min(m, a + pr.retrain_every - st.count % pr.retrain_every)
+            b = min(m, a + every - st.count % every)
             seg = x[a:b]
             model = st.model
             if score and model is not None:
-                s = model.forest.score(seg)
-                idx_parts.append(np.arange(a, b, dtype=np.int64))
-                score_parts.append(s)
-                thr_parts.append(np.full(b - a, model.threshold))
-                ver_parts.append(np.full(b - a, model.version, dtype=np.int64))
-                flagged = s < model.threshold
-                if flagged.any():
-                    fk = kinds(seg[flagged], model.med, model.scale)
-                    it = iter(fk)
-                    kind_parts.extend(next(it) if f else "" for f in flagged.tolist())
-                else:
-                    kind_parts.extend([""] * (b - a))
+                parts.append((a, model.forest.score(seg), model))
             self._absorb(st, seg)
-            if st.count % pr.retrain_every == 0:
+            if st.count % every == 0 and (pr.retrain or st.model is None):
                 self._train(ticker, st)
             a = b
-        if not score_parts:
-            return None
-        sc = np.concatenate(score_parts)
-        thr = np.concatenate(thr_parts)
-        return Scored(
-            ticker=ticker,
-            index=np.concatenate(idx_parts),
-            score=sc,
-            threshold=thr,
-            version=np.concatenate(ver_parts),
-            is_anomaly=sc < thr,
-            kind=kind_parts,
-        )
+        return _scored(ticker, x, parts) if parts else None
 
     def _absorb(self, st: _TickerState, seg: F64) -> None:
         size = self.params.train_window
@@ -413,6 +439,76 @@ class AnomalyEngine:
         st.buf[start : start + first] = seg[:first]
         st.buf[: k - first] = seg[first:]
         st.count += k
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _judge(
+    x: F64, start: int, score: F64, threshold: float, version: int, med: F64, scale: F64
+) -> tuple[I64, F64, I64, npt.NDArray[np.bool_], I64, int]:  # pragma: no cover - compiled
+    """For the scores of rows ``x[start : start + len(score)]``: their index, threshold and
+    version columns, the flags (score < threshold), each flagged row's kind as a feature
+    index (−1 if not flagged) and the number flagged.
+
+    The kind is ``np.argmax(np.abs(x − med) / scale)`` of the row with numpy's tie and NaN
+    rules (first maximum; a NaN wins at once). One compiled pass instead of ~10 numpy calls,
+    which on a 16-row micro-batch cost more than scoring it.
+    """
+    k = score.shape[0]
+    d = x.shape[1]
+    index = np.empty(k, dtype=np.int64)
+    thr = np.empty(k)
+    ver = np.empty(k, dtype=np.int64)
+    flagged = np.empty(k, dtype=np.bool_)
+    kind = np.empty(k, dtype=np.int64)
+    n = 0
+    for i in range(k):
+        index[i] = start + i
+        thr[i] = threshold
+        ver[i] = version
+        hit = score[i] < threshold
+        flagged[i] = hit
+        best = -1
+        if hit:
+            n += 1
+            row = start + i
+            best = 0
+            top = abs(x[row, 0] - med[0]) / scale[0]
+            if not np.isnan(top):
+                for f in range(1, d):
+                    v = abs(x[row, f] - med[f]) / scale[f]
+                    if not v <= top:
+                        top = v
+                        best = f
+                        if np.isnan(v):
+                            break
+        kind[i] = best
+    return index, thr, ver, flagged, kind, n
+
+
+def _scored(ticker: str, x: F64, parts: list[tuple[int, F64, _Model]]) -> Scored:
+    """`Scored` of the scored segments (start in `x`, scores, model), one per model version."""
+    rows = np.ascontiguousarray(x, dtype=np.float64)
+    judged = [_judge(rows, a, s, m.threshold, m.version, m.med, m.scale) for a, s, m in parts]
+    # A micro-batch rarely spans a retrain point: one segment, no concatenation.
+    if len(parts) == 1:
+        index, threshold, version, flagged, kind, n = judged[0]
+        score = parts[0][1]
+    else:
+        index, threshold, version, flagged, kind = (
+            np.concatenate([j[c] for j in judged]) for c in range(5)
+        )
+        score = np.concatenate([s for _, s, _ in parts])
+        n = sum(j[5] for j in judged)
+    names = [_KIND_NAMES[i] for i in kind.tolist()] if n else [""] * len(score)
+    return Scored(
+        ticker=ticker,
+        index=index,
+        score=score,
+        threshold=threshold,
+        version=version,
+        is_anomaly=flagged,
+        kind=names,
+    )
 
 
 def anomaly_rows(
