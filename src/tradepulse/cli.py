@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from tradepulse.config import ConfigError, Settings, load_settings
+from tradepulse.dlq_cli import dlq_app
 
 app = typer.Typer(
     help="TradePulse: real-time market-data pipeline.",
@@ -60,7 +61,7 @@ def run(
     port: Annotated[int | None, typer.Option(help="API/dashboard port.")] = None,
     rate: Annotated[
         float, typer.Option(help="Simulator events/s (trades + quotes).", min=1)
-    ] = 2000.0,
+    ] = 1000.0,
     tickers: Tickers = None,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
     bad_rate: Annotated[
@@ -73,12 +74,12 @@ def run(
         bool, typer.Option("--no-api", help="Do not serve the API/dashboard.")
     ] = False,
     backend: Annotated[str | None, typer.Option(help="embedded|cluster.")] = None,
+    processors: Annotated[
+        int, typer.Option(help="Cluster backend: processor processes to start.", min=1)
+    ] = 1,
 ) -> None:
     """Run the whole pipeline (simulator unless POLYGON_API_KEY is set) with API and dashboard."""
     settings = settings_or_exit(data_dir=data_dir, port=port, tickers=tickers, backend=backend)
-    if settings.backend == "cluster":
-        # Said plainly rather than silently running the embedded stores under a cluster flag.
-        raise fail("the cluster backend cannot be run by `tradepulse run` yet; use embedded")
     if profile not in {"flat", "intraday", "market-open"}:
         raise fail(f"--profile must be flat, intraday or market-open (got {profile!r})")
     from tradepulse.runner import StoreWriteError, run_embedded
@@ -92,7 +93,11 @@ def run(
         bad_rate=bad_rate,
         profile=profile,  # type: ignore[arg-type]
         truth_dir=settings.data_dir / "truth",
+        history_s=settings.warmup_s,  # the history the run warms up from
     )
+    if settings.backend == "cluster":
+        _run_cluster(settings, sim_cfg, duration, processors, serve_api=not no_api)
+        return
     try:
         summary = asyncio.run(
             run_embedded(settings, sim_config=sim_cfg, duration_s=duration, serve_api=not no_api)
@@ -106,6 +111,190 @@ def run(
         f"{summary.dead_letters:,} dead letters in {summary.seconds:.1f} s "
         f"(data in {settings.data_dir})"
     )
+
+
+def _run_cluster(
+    settings: Settings, sim_cfg: object, duration: float | None, processors: int, serve_api: bool
+) -> None:
+    from tradepulse.cluster.supervise import ClusterError, run_cluster
+
+    try:
+        s = asyncio.run(
+            run_cluster(
+                settings,
+                sim_config=sim_cfg,
+                duration_s=duration,
+                processors=processors,
+                serve_api=serve_api,
+            )
+        )
+    except ClusterError as exc:
+        raise fail(str(exc), code=1) from None
+    restarts = f", {s.processor_restarts} processor restarts" if s.processor_restarts else ""
+    typer.echo(
+        f"published {s.trades_published:,} trades (+{s.rest_trades:,} from REST), "
+        f"{s.quotes_published:,} quotes, {s.dead_letters:,} dead letters; the processors "
+        f"committed all of it{restarts} in {s.seconds:.1f} s "
+        f"(DynamoDB tables {settings.namespaced('tradepulse')}-*)"
+    )
+
+
+# -- the cluster backend's processes (see docs/runbook.md, "Cluster processes") --------------
+SIM_API_KEY = "simulator"  # the simulator's default key (SimConfig.api_key)
+
+
+@app.command()
+def producer(
+    url: Annotated[
+        str | None,
+        typer.Option(help="WebSocket URL (default: Polygon with a key, else the local simulator)."),
+    ] = None,
+    rest_url: Annotated[
+        str | None,
+        typer.Option(
+            help="REST base URL for the warm-up and gap fills (default: Polygon's with a key, "
+            "else the simulator's at the WebSocket's address)."
+        ),
+    ] = None,
+    no_rest: Annotated[
+        bool, typer.Option("--no-rest", help="No warm-up and no gap fills from REST.")
+    ] = False,
+    until_feed_closes: Annotated[
+        bool,
+        typer.Option("--until-feed-closes", help="Exit when the feed closes (a finished sim)."),
+    ] = False,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds.", min=0.1)] = None,
+    tickers: Tickers = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Cluster: live feed -> validation -> Kafka trades/quotes; dead letters -> SQS."""
+    settings = settings_or_exit(data_dir=data_dir, tickers=tickers, backend="cluster")
+    from tradepulse.cluster.supervise import die_with_supervisor
+
+    die_with_supervisor()
+    from urllib.parse import urlsplit
+
+    from confluent_kafka import KafkaException
+
+    from tradepulse.cluster.producer import run_producer
+    from tradepulse.cluster.summary import write_summary
+    from tradepulse.sources.polygon_ws import AuthError
+
+    key = settings.polygon_api_key
+    ws_url = url or (
+        settings.polygon_ws_url if key else f"ws://127.0.0.1:{SIM_DEFAULT_PORT}/stocks"
+    )
+    if not no_rest and rest_url is None:
+        # The simulator serves REST on its WebSocket's host and port.
+        scheme = "https" if ws_url.startswith("wss") else "http"
+        rest_url = settings.polygon_rest_url if key else f"{scheme}://{urlsplit(ws_url).netloc}"
+    try:
+        summary = asyncio.run(
+            run_producer(
+                settings,
+                ws_url=ws_url,
+                api_key=key.get_secret_value() if key else SIM_API_KEY,
+                rest_url=None if no_rest else rest_url,
+                until_feed_closes=until_feed_closes,
+                duration_s=duration,
+            )
+        )
+    except AuthError as exc:
+        raise fail(f"authentication failed: {exc}", code=2) from None
+    except (OSError, RuntimeError, KafkaException) as exc:
+        raise fail(str(exc), code=1) from None
+    write_summary(settings, "producer", summary)
+
+
+@app.command()
+def processor(
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            "--instance-id",
+            help="Stable name of this processor (default: the host name); one per process.",
+        ),
+    ] = None,
+    cold: Annotated[
+        bool, typer.Option("--cold/--no-cold", help="Run the S3 cold sink in this process.")
+    ] = True,
+    data_dir: DataDir = None,
+) -> None:
+    """Cluster: Kafka -> features, anomalies, news join -> DynamoDB + outputs, exactly once."""
+    import socket
+
+    settings = settings_or_exit(data_dir=data_dir, backend="cluster")
+    from tradepulse.cluster.supervise import die_with_supervisor
+
+    die_with_supervisor()
+    name = instance_id or socket.gethostname()
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise fail(f"--instance-id must be letters, digits, '-', '_' or '.' (got {name!r})")
+    from confluent_kafka import KafkaException
+
+    from tradepulse.cluster.processor import run_processor
+    from tradepulse.cluster.summary import write_summary
+    from tradepulse.log.transactional import FatalProcessorError
+
+    try:
+        summary = run_processor(settings, instance_id=name, cold=cold)
+    except (FatalProcessorError, KafkaException, OSError) as exc:
+        raise fail(str(exc), code=1) from None
+    write_summary(settings, f"processor-{name}", summary)
+
+
+@app.command()
+def news(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Finnhub API base URL (default: Finnhub with a key, else the sim)."),
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds.", min=0.1)] = None,
+    tickers: Tickers = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Cluster: Finnhub company news (or the simulator's) -> Kafka market.news."""
+    settings = settings_or_exit(data_dir=data_dir, tickers=tickers, backend="cluster")
+    from tradepulse.cluster.supervise import die_with_supervisor
+
+    die_with_supervisor()
+    from confluent_kafka import KafkaException
+
+    from tradepulse.cluster.news import run_news
+    from tradepulse.cluster.summary import write_summary
+
+    keyed = settings.finnhub_api_key is not None
+    base = url or (None if keyed else f"{SIM_DEFAULT_URL}/api/v1")
+    try:
+        summary = asyncio.run(
+            run_news(
+                settings,
+                base_url=base,
+                api_key=None if keyed else SIM_API_KEY,
+                duration_s=duration,
+            )
+        )
+    except (OSError, RuntimeError, KafkaException) as exc:
+        raise fail(str(exc), code=1) from None
+    write_summary(settings, "news", summary)
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="Port (TRADEPULSE_PORT).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Cluster: the REST API and dashboard over DynamoDB."""
+    settings = settings_or_exit(data_dir=data_dir, port=port, backend="cluster")
+    from tradepulse.cluster.supervise import die_with_supervisor
+
+    die_with_supervisor()
+    from tradepulse.cluster.api import run_api
+
+    try:
+        run_api(settings)
+    except OSError as exc:
+        raise fail(str(exc), code=1) from None
 
 
 @app.command()
@@ -306,6 +495,9 @@ def sim(
         float, typer.Option(help="Share of articles with a volume spike.")
     ] = 0.5,
     bad_rate: Annotated[float, typer.Option(help="Share of malformed events.")] = 0.0,
+    history: Annotated[
+        float, typer.Option(help="Seconds of calm market before the live start (REST only).")
+    ] = 0.0,
     truth_dir: Annotated[
         Path | None, typer.Option(help="Write ground truth (summary, anomalies, news) here.")
     ] = None,
@@ -330,6 +522,7 @@ def sim(
             burst_mult=burst_mult,
             news_rate=news_rate,
             news_spike_prob=news_spike_prob,
+            history_s=history,
             host=host,
             port=port,
         )
@@ -374,6 +567,7 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(dlq_app, name="dlq")
 
 StackServices = Annotated[
     str | None,

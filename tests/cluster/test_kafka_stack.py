@@ -91,22 +91,17 @@ def test_ensure_topics_creates_once_with_configured_partitions(
     cluster_settings: Settings,
     admin: AdminClient,
     unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Fresh names exercise creation on every run, even on a long-lived stack.
-    base = unique("topics")
-    inputs = (f"{base}.trades", f"{base}.quotes", f"{base}.news")
-    outputs = (f"{base}.features", f"{base}.anomalies")
-    monkeypatch.setattr(kafka, "INPUTS", inputs)
-    monkeypatch.setattr(kafka, "OUTPUTS", outputs)
+    # A fresh namespace exercises creation on every run, even on a long-lived stack.
+    fresh = cluster_settings.model_copy(update={"cluster_namespace": unique("topics")})
+    names = kafka.Topics.of(fresh).all
     try:
-        assert sorted(kafka.ensure_topics(cluster_settings)) == sorted(inputs + outputs)
-        assert kafka.ensure_topics(cluster_settings) == []
-        counts = partition_counts(admin, [*inputs, *outputs])
-        assert counts == {t: cluster_settings.kafka_trades_partitions for t in inputs + outputs}
+        assert sorted(kafka.ensure_topics(fresh)) == sorted(names)
+        assert kafka.ensure_topics(fresh) == []
+        counts = partition_counts(admin, list(names))
+        assert counts == {t: cluster_settings.kafka_trades_partitions for t in names}
     finally:
-        admin.delete_topics([*inputs, *outputs], operation_timeout=30)
-    monkeypatch.undo()
+        admin.delete_topics(list(names), operation_timeout=30)
 
     # The real names: whatever the first call creates, the second creates nothing.
     kafka.ensure_topics(cluster_settings)

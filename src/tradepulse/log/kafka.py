@@ -6,6 +6,10 @@ Topics (all keyed by ticker, so one ticker's events stay ordered in one partitio
   market.news    (same count, so news co-partitions with trades)  polled articles
   market.features / market.bars / market.anomalies / market.sentiment   processor outputs
 
+Every name is inside `settings.cluster_namespace` (`Topics.of`); the constants below are the
+names of the empty namespace. Every producer uses librdkafka's default partitioner (CRC32 of
+the key), so a ticker lands in the same partition number of every topic of equal size.
+
 Values are msgpack arrays of records (one message per ticker per producer batch): cheap to
 encode and decode, and far fewer messages than one per event. The message timestamp is the
 newest event time in it, so `offsets_for_times` can find where a time window starts.
@@ -28,7 +32,14 @@ from tradepulse.events import News, Quote, Trade
 TRADES = "market.trades"
 QUOTES = "market.quotes"
 NEWS = "market.news"
-OUTPUTS = ("market.features", "market.bars", "market.anomalies", "market.sentiment")
+# Derived table → its output topic (the sentiment table is "market_sentiment").
+OUTPUT_TABLES = {
+    "features": "market.features",
+    "bars": "market.bars",
+    "anomalies": "market.anomalies",
+    "market_sentiment": "market.sentiment",
+}
+OUTPUTS = tuple(OUTPUT_TABLES.values())
 INPUTS = (TRADES, QUOTES, NEWS)
 
 _ENC = msgspec.msgpack.Encoder()
@@ -42,8 +53,47 @@ def encode(records: Sequence[Any]) -> bytes:
     return _ENC.encode(records)
 
 
+@dataclass(frozen=True)
+class Topics:
+    """The topic names of one namespace."""
+
+    trades: str
+    quotes: str
+    news: str
+    outputs: dict[str, str]  # derived table → topic
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        ns = settings.namespaced
+        return cls(
+            trades=ns(TRADES),
+            quotes=ns(QUOTES),
+            news=ns(NEWS),
+            outputs={table: ns(topic) for table, topic in OUTPUT_TABLES.items()},
+        )
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.trades, self.quotes, self.news)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs, *self.outputs.values())
+
+    def base(self, topic: str | None) -> str | None:
+        """The namespace-free name of one of these topics (what `decode` dispatches on)."""
+        if topic == self.trades:
+            return TRADES
+        if topic == self.quotes:
+            return QUOTES
+        if topic == self.news:
+            return NEWS
+        return topic
+
+
 def decode(topic: str | None, value: bytes | None) -> list[Any]:
-    """Records of one message; a message without a value (a tombstone) carries none."""
+    """Records of one message; a message without a value (a tombstone) carries none.
+    `topic` is the namespace-free name (`Topics.base`)."""
     if value is None:
         return []
     if topic == TRADES:
@@ -53,10 +103,6 @@ def decode(topic: str | None, value: bytes | None) -> list[Any]:
     if topic == NEWS:
         return _DEC_NEWS.decode(value)
     return _DEC_ROWS.decode(value)
-
-
-def output_topic(table: str) -> str:
-    return f"market.{table}"
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -87,7 +133,7 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     admin = AdminClient(client_config(settings))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     n = settings.kafka_trades_partitions
-    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t in (*INPUTS, *OUTPUTS)]
+    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t in Topics.of(settings).all]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:
         return []
@@ -109,12 +155,17 @@ def group_by_ticker(records: Iterable[Any]) -> dict[str, list[Any]]:
     return out
 
 
-def _max_ts_ms(records: Sequence[Any]) -> int:
+def max_ts_ms(records: Sequence[Any], time_column: str = "timestamp") -> int:
+    """The newest event time of the records, in ms (0, "now", when none has one); rows are
+    dicts whose time is `time_column`, news is timed by `published_at`."""
     best = 0
     for r in records:
-        ts = r["timestamp"] if isinstance(r, dict) else getattr(r, "timestamp", 0)
-        if isinstance(r, News):
+        if isinstance(r, dict):
+            ts = r.get(time_column)
+        elif isinstance(r, News):
             ts = r.published_at
+        else:
+            ts = getattr(r, "timestamp", 0)
         best = max(best, int(ts or 0))
     return best // 1_000_000
 
@@ -155,7 +206,7 @@ class EventProducer:
                     topic,
                     key=ticker.encode(),
                     value=encode(recs),
-                    timestamp=_max_ts_ms(recs),
+                    timestamp=max_ts_ms(recs),
                     on_delivery=self._on_delivery,
                 )
                 return

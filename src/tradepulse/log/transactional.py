@@ -2,22 +2,47 @@
 
 The commit protocol lives here and nowhere else. For every micro-batch:
 
-  1. Consume up to `max_messages` (isolation.level=read_committed) from the assigned input
-     partitions of market.trades / market.quotes / market.news.
-  2. Run the same `Processor` as the embedded backend over the decoded events.
-  3. Write the resulting `StoreBatch` to the hot store. Writes are idempotent on event identity,
-     so if we die after this step the repeated batch rewrites the same items.
+  1. Consume up to `max_messages` (isolation.level=read_committed) from the assigned partitions
+     of the three input topics (trades, quotes, news).
+  2. Run each partition's own `Processor` (its *task*) over that partition's events.
+  3. Write the merged `StoreBatch` to the hot store. Writes are idempotent on event identity,
+     so a batch repeated after a crash rewrites the same items.
   4. Begin a transaction and produce the derived rows (features, bars, anomalies, sentiment)
      to their output topics, keyed by ticker.
-  5. Add the consumed offsets to the transaction (`send_offsets_to_transaction`).
-  6. Commit. Until this returns nothing downstream (read_committed) sees the outputs and the
-     group's offsets have not moved; on any failure before it, abort and rewind.
+  5. Add the batch's input offsets to the transaction (`send_offsets_to_transaction`, with the
+     group's generation: a processor that lost its partitions can no longer commit for them).
+  6. Commit. Until then read_committed readers see none of the outputs and the group's offsets
+     have not moved; on an abortable failure, abort, rewind to the committed offsets and
+     rebuild the tasks, whose state ran ahead of what was committed.
 
-State survives restarts and rebalances by deterministic rebuild from the log: whenever the
-assignment changes, the stages are rebuilt for the new assignment by re-reading each assigned
-trades partition from the session start (04:00 ET) up to the committed offset, without
-emitting. Per-ticker state depends only on that ticker's events in partition order, so a
-killed-and-restarted (or rebalanced) processor computes what an uninterrupted one would.
+Tasks. The input topics are co-partitioned (equal partition counts, keyed by ticker, and the
+range assignor gives a processor the same partition numbers of each), so the task of partition
+p sees every trade, quote and article of its tickers. A task's results depend only on its
+partition's events in log order — not on which other partitions share the process, nor on
+where the log was cut into micro-batches — because its event-time watermark is its own, and
+the news join waits `news_lateness_s` past it (make_processor's business) for the other
+tickers of the partition, whose messages interleave with a few milliseconds of disorder.
+
+Restarts and rebalances. A task is valid for exactly the offsets it has consumed. After every
+assignment the task of each partition is compared with the group's committed offsets: a task
+that matches is kept (a partition that stays through a rebalance), any other partition gets a
+fresh task warmed from the log — its trades from the start of the session of its last committed
+trade, its news from `news_lookback_s` before that — up to the committed offsets, without
+emitting (`Processor.warm`); then the news joins whose windows had closed by then are closed
+and dropped, so exactly the articles pending at the commit point are pending again. A
+killed-and-restarted or rebalanced processor therefore computes what an uninterrupted one
+would have. Rebuilding costs one read of the session so far, per partition taken over.
+
+Identity. `instance_id` names a processor across restarts: it is the static group member id
+(`group.instance.id`: a restarted instance takes its partitions back without a rebalance) and
+the transactional id (its restart aborts the transaction the dead process left open, which
+would otherwise hold back the offsets and the outputs until the transaction timed out). Two
+live processes with the same id fence each other; each needs its own.
+
+Limits. A late trade that was "too late" for the features when it arrived (past the late
+allowance) is merged normally during a rebuild, and a rebuild within the late allowance after
+04:00 ET does not hold the previous session's tape; both change only features of trades that
+arrive out of order by more than the late allowance or straddle the session boundary.
 """
 
 from __future__ import annotations
@@ -25,24 +50,41 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+)
 from confluent_kafka import TopicPartition as TP
 
 from tradepulse.config import Settings
 from tradepulse.events import News, Quote, Trade
-from tradepulse.log import kafka
+from tradepulse.log import history, kafka
 from tradepulse.log.embedded import Frame
-from tradepulse.market_time import NS_PER_MS, now_ns, session_start_ns, trading_day
+from tradepulse.market_time import NS_PER_MS, now_ns, session_start_ns
+from tradepulse.process.features import session_of
 from tradepulse.process.pipeline import Processor
+from tradepulse.process.stages import NewsStage
 from tradepulse.store.base import HotStore, StoreBatch
 from tradepulse.validate import Decoded
 
 log = logging.getLogger("tradepulse.processor")
 
-GROUP_ID = "tradepulse-processor"
+GROUP = "tradepulse-processor"
+TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def group_id(settings: Settings) -> str:
+    return settings.namespaced(GROUP)
+
+
+def member_id(settings: Settings, instance_id: str) -> str:
+    return settings.namespaced(f"{GROUP}-{instance_id}")
 
 
 @dataclass
@@ -50,9 +92,21 @@ class ProcessorStats:
     batches: int = 0
     events: int = 0
     aborts: int = 0
-    rebuilds: int = 0
+    rebuilds: int = 0  # tasks warmed from the log
     rebuild_events: int = 0
-    lag: int = 0
+    rebuild_s: float = 0.0
+    kept: int = 0  # tasks kept across an assignment
+    partitions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Task:
+    processor: Processor
+    offsets: dict[str, int]  # input topic → next offset this state has consumed up to
+
+
+class FatalProcessorError(RuntimeError):
+    """This processor cannot go on (fenced by a newer instance, topics not co-partitioned)."""
 
 
 class TransactionalProcessor:
@@ -64,205 +118,326 @@ class TransactionalProcessor:
         *,
         instance_id: str,
         max_messages: int = 500,
-        poll_timeout_s: float = 0.2,
+        poll_timeout_s: float = 0.05,
+        news_lookback_s: float = 3600.0,
         consumer_extra: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        self.topics = kafka.Topics.of(settings)
         self._make_processor = make_processor
-        self.processor = make_processor()
         self.hot = hot
         self.max_messages = max_messages
         self.poll_timeout_s = poll_timeout_s
+        self.news_lookback_s = news_lookback_s
         self.stats = ProcessorStats()
-        self._assignment_changed = False
+        self.tasks: dict[int, _Task] = {}
+        self._reassigned = False
+        self._store_failures = 0
+        self._time_column = {t.name: t.time_column for t in make_processor().tables}
+        self.group = group_id(settings)
+        member = member_id(settings, instance_id)
         self.consumer = Consumer(
             {
                 **kafka.client_config(settings),
-                "group.id": GROUP_ID,
+                "group.id": self.group,
+                "group.instance.id": member,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "range",  # co-partitions trades with news
+                "partition.assignment.strategy": "range",  # co-partitions trades, quotes, news
+                # A dead member's partitions move after this long (a graceful stop of a static
+                # member does not leave the group either).
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+                # A rebuild reads the session so far between two polls.
+                "max.poll.interval.ms": 900_000,
                 **(consumer_extra or {}),
             }
         )
+        # Nothing buffered here is precious (an undelivered output aborts its transaction and
+        # the batch runs again), so a short transaction timeout is safe, and it bounds how long
+        # a transaction left open by a process that died for good holds back its partitions.
         self.producer = Producer(
-            kafka.producer_config(settings, **{"transactional.id": f"tradepulse-{instance_id}"})
+            kafka.producer_config(
+                settings,
+                **{
+                    "transactional.id": member,
+                    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                    "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                },
+            )
         )
         self.producer.init_transactions(60)
+        self._check_copartitioned()
         self.consumer.subscribe(
-            list(kafka.INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke
+            list(self.topics.inputs),
+            on_assign=self._on_change,
+            on_revoke=self._on_change,
+            on_lost=self._on_change,
         )
 
-    # -- rebalance ---------------------------------------------------------------------------
-    def _on_assign(self, _consumer: Consumer, _parts: list[TP]) -> None:
-        self._assignment_changed = True
-
-    def _on_revoke(self, _consumer: Consumer, _parts: list[TP]) -> None:
-        # Anything consumed but uncommitted is abandoned: the next owner resumes from the
-        # committed offsets. State for the revoked tickers goes with the rebuild below.
-        self._assignment_changed = True
-
-    def _rebuild(self) -> None:
-        """Fresh stages, warmed from the session start up to the committed offsets."""
-        self._assignment_changed = False
-        self.processor = self._make_processor()
-        parts = [p for p in self.consumer.assignment() if p.topic == kafka.TRADES]
-        if not parts:
-            return
-        committed = {p.partition: p.offset for p in self.consumer.committed(parts, timeout=30)}
-        start_ms = session_start_ns(trading_day(now_ns())) // NS_PER_MS
-        reader = Consumer(
-            {
-                **kafka.client_config(self.settings),
-                "group.id": f"{GROUP_ID}-rebuild",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
-        )
-        try:
-            starts = reader.offsets_for_times(
-                [TP(kafka.TRADES, p, start_ms) for p in committed], timeout=30
+    def _check_copartitioned(self) -> None:
+        md = self.consumer.list_topics(timeout=30).topics
+        counts = {t: len(md[t].partitions) if t in md else 0 for t in self.topics.inputs}
+        if len(set(counts.values())) != 1 or 0 in counts.values():
+            raise FatalProcessorError(
+                f"input topics must exist with equal partition counts, got {counts}"
             )
-            targets: dict[int, int] = {}
-            assign: list[TP] = []
-            for tp in starts:
-                end = committed[tp.partition]
-                if end is None or end < 0:
-                    continue  # nothing committed yet: nothing to rebuild
-                begin = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                targets[tp.partition] = end
-                assign.append(TP(kafka.TRADES, tp.partition, begin))
-            if not assign:
-                return
-            reader.assign(assign)
-            trades: list[Trade] = []
-            idle = 0
-            while targets and idle < 3:
-                msgs = reader.consume(1000, 1.0)
-                if not msgs:
-                    # Transaction markers occupy offsets too, so the last readable message
-                    # can sit below the committed offset: stop once positions reach it.
-                    for tp in reader.position([TP(kafka.TRADES, p) for p in targets]):
-                        if tp.offset >= targets[tp.partition]:
-                            targets.pop(tp.partition)
-                    idle += 1
-                    continue
-                idle = 0
-                for m in msgs:
-                    p = m.partition()
-                    if m.error() is not None or p not in targets:
-                        continue
-                    offset = m.offset()
-                    if offset is not None and offset >= targets[p]:
-                        targets.pop(p)
-                        continue
-                    trades.extend(kafka.decode(kafka.TRADES, m.value()))
-            trades.sort(key=lambda t: (t.ticker, t.timestamp, t.sequence_number))
-            self.processor.warm(trades, [])
-            self.stats.rebuilds += 1
-            self.stats.rebuild_events += len(trades)
-        finally:
-            reader.close()
+
+    # -- assignment ----------------------------------------------------------------------------
+
+    def _on_change(self, _consumer: Consumer, _parts: list[TP]) -> None:
+        # Only noted here: the messages of the poll that ran this callback are dropped and
+        # the tasks reconciled once it returns.
+        self._reassigned = True
+
+    def _committed(self, parts: list[TP]) -> dict[tuple[str, int], int]:
+        # Committed offsets are "unstable" while a transaction that commits them is open
+        # (a process that died mid-transaction): the broker answers once it is aborted.
+        deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + 30
+        while True:
+            try:
+                got = self.consumer.committed(parts, timeout=30)
+                return {(tp.topic, tp.partition): tp.offset for tp in got}
+            except KafkaException as exc:
+                if time.monotonic() > deadline or not exc.args[0].retriable():
+                    raise
+                log.warning("committed offsets not available yet (%s); retrying", exc.args[0])
+
+    def _reconcile(self) -> None:
+        self._reassigned = False
+        assignment = self.consumer.assignment()
+        self.stats.partitions = sorted({tp.partition for tp in assignment})
+        if not assignment:
+            # Between a revocation and the next assignment (the range assignor revokes all):
+            # keep the tasks; the next assignment checks them against the committed offsets.
+            return
+        committed = self._committed(assignment)
+        parts = self.stats.partitions
+        for p in list(self.tasks):
+            if p not in parts:
+                del self.tasks[p]
+        kept = 0
+        for p in parts:
+            want = {t: committed.get((t, p), -1) for t in self.topics.inputs}
+            task = self.tasks.get(p)
+            if task is not None and task.offsets == want:
+                kept += 1
+                continue
+            self.tasks[p] = self._rebuild(p, want)
+        self.stats.kept += kept
+        self._rewind(committed)
+        log.info("assigned partitions %s (%d with their state kept)", parts, kept)
+
+    def _rewind(self, committed: dict[tuple[str, int], int]) -> None:
+        """Seek every assigned partition back to its committed offset, dropping what was
+        consumed past it."""
+        for (topic, p), offset in committed.items():
+            target = offset if offset >= 0 else OFFSET_BEGINNING
+            try:
+                self.consumer.seek(TP(topic, p, target))
+            except KafkaException as exc:
+                # _STATE: the partition's fetcher has not started yet; it will start at the
+                # committed offset, and nothing past it can have been consumed.
+                if exc.args[0].code() != KafkaError._STATE:
+                    raise
+
+    # -- rebuild -------------------------------------------------------------------------------
+
+    def _rebuild(self, partition: int, offsets: dict[str, int]) -> _Task:
+        task = _Task(self._make_processor(), dict(offsets))
+        trades_end = offsets[self.topics.trades]
+        news_end = offsets[self.topics.news]
+        if trades_end <= 0 and news_end <= 0:
+            return task  # nothing committed: the task starts with the partition
+        started = time.monotonic()
+        topics, settings = self.topics, self.settings
+        last_ms = history.message_ts_ms(settings, topics.trades, partition, trades_end - 1)
+        ref_ns = last_ms * NS_PER_MS if last_ms is not None else now_ns()
+        start_ms = session_start_ns(session_of(ref_ns)) // NS_PER_MS
+        news_from_ms = start_ms - int(self.news_lookback_s * 1000)
+        news: list[News] = []
+        begin = history.offset_for_time(settings, topics.news, partition, news_from_ms)
+        for chunk in history.read_records(
+            settings, topics.news, kafka.NEWS, partition, begin, news_end
+        ):
+            news.extend(chunk)
+        events = len(news)
+        begin = history.offset_for_time(settings, topics.trades, partition, start_ms)
+        for chunk in history.read_records(
+            settings, topics.trades, kafka.TRADES, partition, begin, trades_end
+        ):
+            task.processor.warm(chunk, [])
+            events += len(chunk)
+        task.processor.warm([], news)
+        # Close the joins whose windows had closed at the commit point: they were emitted then
+        # (and their rows committed); what stays pending is what was pending.
+        for stage in task.processor.stages:
+            if isinstance(stage, NewsStage):
+                stage.correlator.finalize(task.processor.watermark_ns, 0)
+        self.stats.rebuilds += 1
+        self.stats.rebuild_events += events
+        self.stats.rebuild_s += time.monotonic() - started
+        log.info(
+            "partition %d rebuilt from %d events in %.1f s",
+            partition,
+            events,
+            time.monotonic() - started,
+        )
+        return task
 
     # -- the loop ------------------------------------------------------------------------------
+
     def run_once(self) -> int:
         """Process one micro-batch; return the number of events it held."""
         msgs = self.consumer.consume(self.max_messages, self.poll_timeout_s)
-        if self._assignment_changed:
-            self._rebuild()
-            # Messages consumed across a rebalance may belong to partitions we no longer
-            # own, and the rebuilt state starts at the committed offsets: rewind to them.
-            self._rewind()
+        if self._reassigned:
+            self._reconcile()
             return 0
-        msgs = [m for m in msgs if m.error() is None]
-        if not msgs:
-            return 0
-        trades: list[Trade] = []
-        quotes: list[Quote] = []
-        news: list[News] = []
+        by_part: dict[int, tuple[list[Trade], list[Quote], list[News]]] = {}
+        ends: dict[tuple[str, int], int] = {}
         for m in msgs:
-            records = kafka.decode(m.topic(), m.value())
-            if m.topic() == kafka.TRADES:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer: %s", err)
+                continue
+            topic, p, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and p is not None and offset is not None
+            if p not in self.tasks:
+                # An assignment whose callback has not run yet: handle it first.
+                self._reconcile()
+                return 0
+            trades, quotes, news = by_part.setdefault(p, ([], [], []))
+            base = self.topics.base(topic)
+            records = kafka.decode(base, m.value())
+            if base == kafka.TRADES:
                 trades.extend(records)
-            elif m.topic() == kafka.QUOTES:
+            elif base == kafka.QUOTES:
                 quotes.extend(records)
             else:
                 news.extend(records)
-        frame = Frame(
-            recv_ts=now_ns(),
-            decoded=Decoded(trades=trades, quotes=quotes, dead_letters=[], statuses=[]),
-            news=news,
-        )
-        batch = self.processor.process([frame], now_ns())
-        self._commit(batch)
-        n = len(trades) + len(quotes) + len(news)
+            ends[(topic, p)] = offset + 1
+        if not ends:
+            return 0
+        now = now_ns()
+        parts = []
+        for p, (trades, quotes, news) in by_part.items():
+            decoded = Decoded(trades=trades, quotes=quotes, dead_letters=[], statuses=[])
+            frame = Frame(recv_ts=now, decoded=decoded, news=news or None)
+            parts.append(self.tasks[p].processor.process([frame], now))
+        batch = merge_batches(parts)
+        if not self._commit(batch, ends):
+            return 0
+        for (topic, p), offset in ends.items():
+            self.tasks[p].offsets[topic] = offset
+        n = len(batch.trades) + len(batch.quotes) + sum(len(v) for _, _, v in by_part.values())
         self.stats.batches += 1
         self.stats.events += n
         return n
 
-    def _commit(self, batch: StoreBatch) -> None:
-        self.hot.write(batch)  # step 3
+    def _commit(self, batch: StoreBatch, ends: dict[tuple[str, int], int]) -> bool:
+        try:
+            self.hot.write(batch)  # step 3
+        except Exception as exc:
+            # The store is down or refusing: keep the process (and its partitions), retry the
+            # batch from the committed offsets after a pause that grows while this lasts.
+            self._store_failures += 1
+            pause = min(30.0, 0.5 * 2 ** min(self._store_failures, 6))
+            log.error("hot store write failed (%s); retrying in %.1f s", exc, pause)
+            time.sleep(pause)
+            self._retry(ends)
+            return False
+        self._store_failures = 0
         try:
             self.producer.begin_transaction()  # step 4
             for table, rows in batch.derived.items():
-                topic = kafka.output_topic(table)
-                if rows and topic in kafka.OUTPUTS:
+                topic = self.topics.outputs.get(table)
+                if rows and topic is not None:
+                    column = self._time_column.get(table) or "timestamp"
                     for ticker, recs in kafka.group_by_ticker(rows).items():
-                        self.producer.produce(topic, key=ticker.encode(), value=kafka.encode(recs))
-            positions = self.consumer.position(self.consumer.assignment())
+                        self._produce(topic, ticker, recs, column)
+            offsets = [TP(t, p, off) for (t, p), off in ends.items()]
             self.producer.send_offsets_to_transaction(  # step 5
-                positions, self.consumer.consumer_group_metadata(), 30
+                offsets, self.consumer.consumer_group_metadata(), 30
             )
-            self.producer.commit_transaction(60)  # step 6
+            self._commit_transaction()  # step 6
+            return True
         except KafkaException as exc:
-            self.stats.aborts += 1
             err = exc.args[0]
-            log.warning("transaction failed, aborting and rewinding: %s", err)
-            if err.txn_requires_abort():
-                self.producer.abort_transaction(30)
-            elif not err.retriable():
-                raise
-            self._rewind()
-            self._assignment_changed = True  # state advanced past what was committed
-
-    def _rewind(self) -> None:
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        for tp in self.consumer.committed(assignment, timeout=30):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            if err.fatal():  # fenced by a newer instance with this id, or worse
+                raise FatalProcessorError(f"transaction failed: {err}") from exc
+            self.stats.aborts += 1
+            log.warning("transaction aborted, rewinding to the committed offsets: %s", err)
             try:
-                self.consumer.seek(TP(tp.topic, tp.partition, offset))
+                self.producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                raise FatalProcessorError(f"cannot abort: {abort_exc.args[0]}") from exc
+            self._retry(ends)
+            return False
+
+    def _retry(self, ends: dict[tuple[str, int], int]) -> None:
+        """After a batch that did not commit: its partitions' tasks ran ahead of the committed
+        offsets, so they go (rebuilt at the reconcile), and every partition rewinds."""
+        for _topic, p in ends:
+            self.tasks.pop(p, None)
+        self._reassigned = True
+
+    def _produce(self, topic: str, ticker: str, rows: list[Any], time_column: str) -> None:
+        value = kafka.encode(rows)
+        ts = kafka.max_ts_ms(rows, time_column)
+        while True:
+            try:
+                self.producer.produce(topic, key=ticker.encode(), value=value, timestamp=ts)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _commit_transaction(self) -> None:
+        for attempt in range(3):
+            try:
+                self.producer.commit_transaction(60)
+                return
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._STATE:
+                if not exc.args[0].retriable() or attempt == 2:
                     raise
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             self.run_once()
 
+    def lag(self) -> int | None:
+        """Messages not yet committed on this processor's partitions (high watermark −
+        committed offset, summed); None while Kafka cannot say."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return 0
+        total = 0
+        try:
+            for (topic, p), offset in self._committed(assignment).items():
+                _low, high = self.consumer.get_watermark_offsets(TP(topic, p), timeout=10)
+                total += max(0, high - max(offset, 0))
+        except KafkaException:
+            return None
+        return total
+
     def close(self) -> None:
         self.consumer.close()
         self.producer.flush(10)
 
 
-def lag(consumer: Consumer) -> int:
-    """Sum over assigned partitions of high watermark − committed offset."""
-    total = 0
-    assignment = consumer.assignment()
-    if not assignment:
-        return 0
-    for tp in consumer.committed(assignment, timeout=10):
-        _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-        total += max(0, high - max(tp.offset, 0))
-    return total
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float, step_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step_s)
-    return cond()
+def merge_batches(parts: list[StoreBatch]) -> StoreBatch:
+    if len(parts) == 1:
+        return parts[0]
+    derived: dict[str, list[Any]] = {}
+    for b in parts:
+        for table, rows in b.derived.items():
+            derived.setdefault(table, []).extend(rows)
+    return StoreBatch(
+        trades=[t for b in parts for t in b.trades],
+        quotes=[q for b in parts for q in b.quotes],
+        dead_letters=[d for b in parts for d in b.dead_letters],
+        disconnects=[d for b in parts for d in b.disconnects],
+        derived=derived,
+    )

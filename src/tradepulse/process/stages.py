@@ -28,8 +28,8 @@ class NewsStage:
 
     tables: Sequence[DerivedTable] = (NEWS_TABLE, SENTIMENT_TABLE)
 
-    def __init__(self, settings: Settings) -> None:
-        self.correlator = Correlator(window_s=settings.correlation_window_s)
+    def __init__(self, settings: Settings, *, lateness_s: float = 0.0) -> None:
+        self.correlator = Correlator(window_s=settings.correlation_window_s, lateness_s=lateness_s)
 
     def _feed(self, batch: WorkBatch) -> None:
         by_ticker: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
@@ -74,10 +74,17 @@ class NewsStage:
         self._feed(batch)
 
 
-def build_stages(settings: Settings) -> list[Stage]:
+def build_stages(settings: Settings, *, news_lateness_s: float = 0.0) -> list[Stage]:
+    """The stages in order. `news_lateness_s`: how far behind the watermark another ticker's
+    events may still arrive before the news join closes a window on the watermark alone."""
     from tradepulse.process.feature_stage import AnomalyStage, BarStage, FeatureStage
 
-    return [FeatureStage(settings), BarStage(settings), AnomalyStage(settings), NewsStage(settings)]
+    return [
+        FeatureStage(settings),
+        BarStage(settings),
+        AnomalyStage(settings),
+        NewsStage(settings, lateness_s=news_lateness_s),
+    ]
 
 
 def all_tables(settings: Settings | None = None) -> list[DerivedTable]:

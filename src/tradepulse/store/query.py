@@ -22,6 +22,16 @@ The helper relations behind the views are named `__hot_<table>` and `__cold_<tab
 
 Each `sql()` call opens its own DuckDB and SQLite connections, so an engine can be shared
 between threads and used while the pipeline writes.
+
+Cluster backend (`QueryEngine.for_settings` with backend=cluster): the same views over the S3
+cold store (`store/cold/s3.py`) and nothing else — the hot side there is DynamoDB, read by the
+API directly. The objects of each table a query names are listed once per query and handed to
+DuckDB as a pyarrow dataset with the table's declared schema and Hive partitioning (DuckDB's
+httpfs extension cannot be installed here), so filters and projections still reach the
+Parquet scan. Kafka can
+carry the same trade twice (a backfill overlapping the live feed, a re-published dead letter),
+so these views keep one row per identity, the earliest ingested; the identity's `date` is part
+of the window partition so date filters still prune objects.
 """
 
 from __future__ import annotations
@@ -43,8 +53,11 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tradepulse.config import Settings
 from tradepulse.events import Quote, Trade
 from tradepulse.market_time import day_iso
 from tradepulse.store.base import DerivedTable
@@ -60,7 +73,7 @@ from tradepulse.store.cold.parquet import (
 )
 from tradepulse.store.hot.sqlite import cold_position_key
 
-__all__ = ["QueryEngine", "QueryError", "QueryResult", "format_result"]
+__all__ = ["QueryEngine", "QueryError", "QueryResult", "S3Cold", "format_result"]
 
 FORMATS = ("table", "json", "csv", "parquet")
 
@@ -147,8 +160,24 @@ def _views(tables: Sequence[DerivedTable]) -> list[_View]:
     return views
 
 
+@dataclass(frozen=True, slots=True)
+class S3Cold:
+    """Where the cluster's cold store is: a pyarrow filesystem and the root on it
+    (`store/cold/s3.py`'s `cold_root`)."""
+
+    filesystem: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Cold:
+        from tradepulse.store.cold.s3 import cold_root, s3_filesystem
+
+        return cls(s3_filesystem(settings), cold_root(settings))
+
+
 class QueryEngine:
-    """DuckDB SQL over `<data_dir>/hot.sqlite3` and `<data_dir>/cold/` (module docstring)."""
+    """DuckDB SQL over `<data_dir>/hot.sqlite3` and `<data_dir>/cold/`, or over the S3 cold
+    store when `s3` is given (module docstring)."""
 
     def __init__(
         self,
@@ -157,10 +186,19 @@ class QueryEngine:
         *,
         hot_path: Path | None = None,
         cold_root: Path | None = None,
+        s3: S3Cold | None = None,
     ) -> None:
         self.hot_path = Path(hot_path) if hot_path else Path(data_dir) / "hot.sqlite3"
         self.cold_root = Path(cold_root) if cold_root else Path(data_dir) / "cold"
+        self.s3 = s3
         self.views = _views(tables)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, tables: Sequence[DerivedTable]) -> QueryEngine:
+        """The engine for the configured backend: embedded files, or the S3 cold store."""
+        if settings.backend == "cluster":
+            return cls(settings.data_dir, tables, s3=S3Cold.from_settings(settings))
+        return cls(settings.data_dir, tables)
 
     @property
     def view_names(self) -> list[str]:
@@ -175,7 +213,10 @@ class QueryEngine:
         try:
             hot = self._hot_snapshot(wanted)
             for view in self.views:
-                self._create_view(con, view, hot.get(view.name))
+                # Listing S3 costs a round trip per page of objects: only for tables the
+                # query names (the others stay empty views, so the SQL still binds).
+                scan = self.s3 is None or view.name in wanted
+                self._create_view(con, view, hot.get(view.name), scan_cold=scan)
             try:
                 rel = con.sql(sql)
                 if rel is None:
@@ -199,7 +240,7 @@ class QueryEngine:
     # -- hot side ----------------------------------------------------------------------
 
     def _hot_snapshot(self, wanted: set[str]) -> dict[str, pa.Table]:
-        if not self.hot_path.exists() or not wanted:
+        if self.s3 is not None or not self.hot_path.exists() or not wanted:
             return {}
         try:
             conn = sqlite3.connect(
@@ -237,13 +278,18 @@ class QueryEngine:
     # -- views -------------------------------------------------------------------------
 
     def _create_view(
-        self, con: duckdb.DuckDBPyConnection, view: _View, hot: pa.Table | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        view: _View,
+        hot: pa.Table | None,
+        *,
+        scan_cold: bool = True,
     ) -> None:
         schema = view.schema()
         hot_name = f"__hot_{view.name}"
         con.register(hot_name, hot if hot is not None else schema.empty_table())
         has_hot = hot is not None and hot.num_rows > 0
-        cold_sql = self._cold_select(con, view, schema)
+        cold_sql = self._cold_select(con, view, schema) if scan_cold else None
         name = quote_ident(view.name)
         cols = ", ".join(quote_ident(c) for c in schema.names if c != "_rid")
         hot_ref = quote_ident(hot_name)
@@ -261,6 +307,8 @@ class QueryEngine:
                     f"SELECT {cols} FROM ({src}) "
                     f"QUALIFY row_number() OVER (PARTITION BY {part} ORDER BY _rid DESC) = 1"
                 )
+            elif self.s3 is not None:
+                body = f"SELECT {cols} FROM {cold_name}" + _one_per_identity(view, schema)
             elif not has_hot:
                 body = f"SELECT {cols} FROM {cold_name}"
             else:
@@ -283,6 +331,8 @@ class QueryEngine:
         spec = view.cold
         if spec is None:
             return None
+        if self.s3 is not None:
+            return self._s3_select(con, view, spec, schema)
         directory = self.cold_root / spec.name
         if not directory.is_dir() or next(directory.rglob("*.parquet"), None) is None:
             return None
@@ -303,6 +353,48 @@ class QueryEngine:
             expr = f"CAST({col} AS {ty})" if f.name in present else f"CAST(NULL AS {ty})"
             select.append(f"{expr} AS {col}")
         return f"SELECT {', '.join(select)} FROM {source}"
+
+    def _s3_select(
+        self, con: duckdb.DuckDBPyConnection, view: _View, spec: ColdTable, schema: pa.Schema
+    ) -> str | None:
+        assert self.s3 is not None
+        fs, base = self.s3.filesystem, f"{self.s3.root}/{spec.name}"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+        if not files:
+            return None
+        kinds = {"date": pa.date32(), "ticker": pa.string()}
+        parts = pa.schema([pa.field(p, kinds[p]) for p in spec.partitions])
+        stored = [
+            pa.field(c, pa.int64() if c == "_rid" else arrow_type(spec.columns[c]))
+            for c in spec.file_columns
+        ]
+        dataset = ds.dataset(
+            files,
+            schema=pa.schema([*stored, *parts]),
+            format="parquet",
+            filesystem=fs,
+            partitioning=ds.partitioning(parts, flavor="hive") if len(parts) else None,
+            partition_base_dir=base,
+        )
+        name = f"__s3_{view.name}"
+        con.register(name, dataset)
+        present = set(dataset.schema.names)
+        select = []
+        for f in schema:
+            ty = _duck_type(f.type)
+            col = quote_ident(f.name)
+            expr = f"CAST({col} AS {ty})" if f.name in present else f"CAST(NULL AS {ty})"
+            select.append(f"{expr} AS {col}")
+        return f"SELECT {', '.join(select)} FROM {quote_ident(name)}"
+
+
+def _one_per_identity(view: _View, schema: pa.Schema) -> str:
+    """A QUALIFY clause keeping the earliest-ingested row per identity (plus its date)."""
+    keys = [*view.key, "date"] if view.has_date else list(view.key)
+    part = ", ".join(quote_ident(k) for k in keys)
+    order = " ORDER BY ingest_ts" if "ingest_ts" in schema.names else ""
+    return f" QUALIFY row_number() OVER (PARTITION BY {part}{order}) = 1"
 
 
 def _load_hot(conn: sqlite3.Connection, view: _View, pos: int) -> pa.Table:

@@ -59,6 +59,8 @@ __all__ = [
     "ParquetColdStore",
     "arrow_type",
     "cold_tables",
+    "column_arrays",
+    "partition_groups",
     "quote_ident",
     "to_array",
     "trading_days",
@@ -168,6 +170,49 @@ def _partition_value(value: Any) -> str:
     return text if _SAFE_VALUE.match(text) else quote(text, safe="") or "_"
 
 
+def column_arrays(spec: ColdTable, data: Mapping[str, Sequence[Any]]) -> dict[str, pa.Array]:
+    """Each data column of `spec` as an Arrow array of its declared type."""
+    return {c: to_array(data[c], arrow_type(t)) for c, t in spec.columns.items()}
+
+
+def partition_groups(
+    spec: ColdTable, data: Mapping[str, Sequence[Any]]
+) -> list[tuple[str, npt.NDArray[np.intp]]]:
+    """Rows grouped by Hive partition: (directory relative to the table, e.g.
+    `date=2024-03-05/ticker=AAPL`, or "" when unpartitioned; row indices in input order)."""
+    n = len(next(iter(data.values()))) if data else 0
+    if n == 0:
+        return []
+    dates = np.zeros(n, dtype=np.int64)
+    if spec.day_column:
+        dates = np.asarray([d or 0 for d in data[spec.day_column]], dtype=np.int64)
+    elif spec.time_column:
+        ts = np.asarray([t or 0 for t in data[spec.time_column]], dtype=np.int64)
+        dates = trading_days(ts)
+    tick_idx = np.zeros(n, dtype=np.int64)
+    tick_values: list[Any] = [None]
+    if spec.by_ticker:
+        enc = pc.dictionary_encode(to_array(data["ticker"], pa.string()))
+        tick_values = enc.dictionary.to_pylist()
+        tick_idx = np.asarray(enc.indices.fill_null(len(tick_values)), dtype=np.int64)
+        tick_values.append(None)
+    group_key = dates * (len(tick_values) + 1) + tick_idx
+    uniq, inverse = np.unique(group_key, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")  # stable: input order within a group
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+    out = []
+    for idx in np.split(order, bounds):
+        first = int(idx[0])
+        parts = []
+        if spec.time_column:
+            parts.append(f"date={day_iso(int(dates[first]))}")
+        if spec.by_ticker:
+            parts.append(f"ticker={_partition_value(tick_values[tick_idx[first]])}")
+        out.append(("/".join(parts), idx))
+    return out
+
+
 class ParquetColdStore:
     """ColdStore copying the hot store's rows to Parquet by rowid range (module docstring)."""
 
@@ -237,37 +282,12 @@ class ParquetColdStore:
         by_col = list(zip(*rows, strict=True))
         rids = np.asarray(by_col[0], dtype=np.int64)
         data = {c: by_col[i + 1] for i, c in enumerate(cols)}
-        arrays = {c: to_array(data[c], arrow_type(spec.columns[c])) for c in cols}
+        arrays = column_arrays(spec, data)
         if spec.keep_rid:
             arrays["_rid"] = pa.array(rids, type=pa.int64())
         table = pa.table({c: arrays[c] for c in spec.file_columns})
-
-        n = len(rows)
-        dates = np.zeros(n, dtype=np.int64)
-        if spec.day_column:
-            dates = np.asarray([d or 0 for d in data[spec.day_column]], dtype=np.int64)
-        elif spec.time_column:
-            ts = np.asarray([t or 0 for t in data[spec.time_column]], dtype=np.int64)
-            dates = trading_days(ts)
-        tick_idx = np.zeros(n, dtype=np.int64)
-        tick_values: list[Any] = [None]
-        if spec.by_ticker:
-            enc = pc.dictionary_encode(arrays["ticker"])
-            tick_values = enc.dictionary.to_pylist()
-            tick_idx = np.asarray(enc.indices.fill_null(len(tick_values)), dtype=np.int64)
-            tick_values.append(None)
-        group_key = dates * (len(tick_values) + 1) + tick_idx
-        uniq, inverse = np.unique(group_key, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        order = np.argsort(inverse, kind="stable")  # stable: rowid order within a group
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-        for idx in np.split(order, bounds):
-            first = int(idx[0])
-            directory = self.root / spec.name
-            if spec.time_column:
-                directory /= f"date={day_iso(int(dates[first]))}"
-            if spec.by_ticker:
-                directory /= f"ticker={_partition_value(tick_values[tick_idx[first]])}"
+        for rel, idx in partition_groups(spec, data):
+            directory = self.root / spec.name / rel if rel else self.root / spec.name
             directory.mkdir(parents=True, exist_ok=True)
             if directory not in cleaned:
                 _remove_unrecorded(directory, base)
