@@ -304,9 +304,13 @@ def query(
     fmt: Annotated[str, typer.Option("--format", help="table|json|csv|parquet")] = "table",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="embedded (local files) | cluster (the S3 cold store).")
+    ] = None,
 ) -> None:
-    """Run SQL over the hot and cold stores (deduplicated)."""
-    settings = settings_or_exit(data_dir=data_dir)
+    """Run SQL over the hot and cold stores (deduplicated); on the cluster backend over the
+    Parquet objects in S3, read through pyarrow."""
+    settings = settings_or_exit(data_dir=data_dir, backend=backend)
     fmt = "json" if as_json else fmt
     if fmt not in {"table", "json", "csv", "parquet"}:
         raise fail(f"--format must be table, json, csv or parquet (got {fmt!r})")
@@ -315,13 +319,16 @@ def query(
     from tradepulse.process.stages import all_tables
     from tradepulse.store.query import QueryEngine, QueryError, format_result
 
-    if not (settings.data_dir / "hot.sqlite3").exists():
+    cluster = settings.backend == "cluster"
+    if not cluster and not (settings.data_dir / "hot.sqlite3").exists():
         raise fail(f"no data in {settings.data_dir} (run `tradepulse run --data-dir ...` first)")
-    engine = QueryEngine(settings.data_dir, all_tables())
     try:
+        engine = QueryEngine.for_settings(settings, all_tables())
         result = engine.sql(sql)
     except QueryError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # S3 unreachable or refusing: said in one line, not a traceback
+        raise fail(f"cannot read the cold store: {exc}", code=1) from None
     rendered = format_result(result, fmt)
     if output is not None:
         mode = "wb" if isinstance(rendered, bytes) else "w"

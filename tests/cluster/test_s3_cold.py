@@ -228,6 +228,21 @@ def test_committed_trades_and_quotes_land_once_in_the_hive_layout(
     assert engine.sql("select count(*) from quotes").rows == [(len(sent_quotes),)]
     assert engine.sql("select count(*) from dlq").rows == [(0,)]  # no such objects: empty
 
+    # The same through the command line.
+    from typer.testing import CliRunner
+
+    from tradepulse.cli import app
+
+    env = {
+        "TRADEPULSE_S3_PREFIX": settings.s3_prefix,
+        "TRADEPULSE_CLUSTER_NAMESPACE": settings.cluster_namespace,
+        "TRADEPULSE_S3_BUCKET": settings.s3_bucket,
+    }
+    argv = ["query", "--backend", "cluster", "--json", "select count(*) as n from trades"]
+    res = CliRunner().invoke(app, argv, env=env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == [{"n": len(sent)}]
+
 
 def crash_after_write(settings: Settings, topics: dict[str, str], group: str, n: int) -> set[str]:
     """A sink process that takes `n` messages, writes its objects and dies before committing;
