@@ -308,8 +308,7 @@ def query(
         str | None, typer.Option(help="embedded (local files) | cluster (the S3 cold store).")
     ] = None,
 ) -> None:
-    """Run SQL over the hot and cold stores (deduplicated); on the cluster backend over the
-    Parquet objects in S3, read through pyarrow."""
+    """Run SQL over the hot and cold stores, deduplicated (cluster: the S3 cold store)."""
     settings = settings_or_exit(data_dir=data_dir, backend=backend)
     fmt = "json" if as_json else fmt
     if fmt not in {"table", "json", "csv", "parquet"}:
