@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tradepulse.cluster.logs import setup_logging
 from tradepulse.config import Settings
@@ -36,11 +36,8 @@ from tradepulse.events import DeadLetter, Disconnect
 from tradepulse.log import kafka
 from tradepulse.log.embedded import Frame
 from tradepulse.market_time import NS_PER_S, now_ns
-from tradepulse.runner import echo_err, install_signal_handlers
+from tradepulse.runner import echo_err, install_signal_handlers, warm_up
 from tradepulse.validate import Decoded, decode_frame
-
-if TYPE_CHECKING:
-    from tradepulse.sources.gapfill import GapFiller
 
 log = logging.getLogger("tradepulse.producer")
 
@@ -152,7 +149,8 @@ async def run_producer(
             out=out,
         )
         if settings.warmup_s > 0:
-            await _warm_up(settings, filler, out)
+            # The embedded run's warm-up; no restart gaps here (Kafka keeps what was published).
+            await warm_up(settings, filler, {}, [], now_ns(), out)
 
     def on_disconnect(d: Disconnect) -> None:
         summary.disconnects += 1
@@ -234,23 +232,3 @@ async def run_producer(
         "to SQS"
     )
     return summary
-
-
-async def _warm_up(settings: Settings, filler: GapFiller, out: Callable[[str], None]) -> None:
-    """The last `warmup_s` of trades, before the feed connects (see `runner.warm_up`)."""
-    import httpx
-
-    from tradepulse.runner import warmup_ranges
-    from tradepulse.sources.polygon_rest import RestError
-
-    began = time.monotonic()
-    ranges = warmup_ranges(settings.tickers, {}, now_ns(), settings.warmup_s)
-    try:
-        res = await filler.fill(ranges)
-    except (RestError, httpx.HTTPError) as exc:
-        out(f"[producer] warm-up skipped ({exc}); windows fill from the live feed instead")
-        return
-    out(
-        f"[producer] warm-up: {res.trades:,} trades of the last {settings.warmup_s:,.0f} s "
-        f"published in {time.monotonic() - began:.1f} s"
-    )
