@@ -33,6 +33,10 @@ async def test_backfill_over_live_data_has_no_duplicates_and_no_gaps(tmp_path: P
             source="polygon",
             polygon_ws_url=sim.ws_url,
             polygon_api_key="simulator",
+            polygon_rest_url=sim.http_url,
+            # No warm-up history, and REST on the simulator (never the real service): the gap
+            # after the live part is left for `run_backfill` to close.
+            warmup_s=0,
         )
         # The live feed covers the first ~3 s of the 6 s the simulator generates: the rest is
         # a gap only the REST endpoint can fill.
