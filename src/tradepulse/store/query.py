@@ -345,14 +345,7 @@ class QueryEngine:
             + ")"
         )
         present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        select = []
-        for f in schema:
-            ty = _duck_type(f.type)
-            col = quote_ident(f.name)
-            # Files written before a column was added lack it: NULL, not an error.
-            expr = f"CAST({col} AS {ty})" if f.name in present else f"CAST(NULL AS {ty})"
-            select.append(f"{expr} AS {col}")
-        return f"SELECT {', '.join(select)} FROM {source}"
+        return f"SELECT {_cast_columns(schema, present)} FROM {source}"
 
     def _s3_select(
         self, con: duckdb.DuckDBPyConnection, view: _View, spec: ColdTable, schema: pa.Schema
@@ -379,14 +372,19 @@ class QueryEngine:
         )
         name = f"__s3_{view.name}"
         con.register(name, dataset)
-        present = set(dataset.schema.names)
-        select = []
-        for f in schema:
-            ty = _duck_type(f.type)
-            col = quote_ident(f.name)
-            expr = f"CAST({col} AS {ty})" if f.name in present else f"CAST(NULL AS {ty})"
-            select.append(f"{expr} AS {col}")
-        return f"SELECT {', '.join(select)} FROM {quote_ident(name)}"
+        return f"SELECT {_cast_columns(schema, set(dataset.schema.names))} FROM {quote_ident(name)}"
+
+
+def _cast_columns(schema: pa.Schema, present: set[str]) -> str:
+    """The select list casting each column of `schema` to its type; files written before a
+    column was added lack it: NULL, not an error."""
+    select = []
+    for f in schema:
+        ty = _duck_type(f.type)
+        col = quote_ident(f.name)
+        expr = f"CAST({col} AS {ty})" if f.name in present else f"CAST(NULL AS {ty})"
+        select.append(f"{expr} AS {col}")
+    return ", ".join(select)
 
 
 def _one_per_identity(view: _View, schema: pa.Schema) -> str:
