@@ -244,10 +244,17 @@ def read_log(settings: Settings, topic: str) -> dict[int, list[LogMessage]]:
         consumer.close()
 
 
-def copy_input(src: Namespace, dst: Namespace, *, seconds: float) -> threading.Thread:
+def copy_input(
+    src: Namespace,
+    dst: Namespace,
+    *,
+    seconds: float,
+    hold: tuple[float, threading.Event] | None = None,
+) -> threading.Thread:
     """Copy `src`'s input topics into `dst`'s, partition for partition, spread evenly over
     `seconds` (a live-looking feed, each partition in its own order); returns the started
-    thread."""
+    thread. `hold=(fraction, event)` pauses the feed once `fraction` of it is sent until the
+    event is set, so a test can act while input is still to come whatever the machine's load."""
     streams: list[tuple[str, int, list[LogMessage]]] = []
     for s_topic, d_topic in zip(src.topics.inputs, dst.topics.inputs, strict=True):
         for p, msgs in read_log(src.settings, s_topic).items():
@@ -259,6 +266,8 @@ def copy_input(src: Namespace, dst: Namespace, *, seconds: float) -> threading.T
     def run() -> None:
         sent = [0] * len(streams)
         for i in range(1, steps + 1):
+            if hold is not None and i > hold[0] * steps:
+                hold[1].wait(600)
             for j, (topic, p, msgs) in enumerate(streams):
                 upto = math.ceil(len(msgs) * i / steps)
                 for key, value, ts in msgs[sent[j] : upto]:

@@ -12,6 +12,8 @@ anomalies and news joins, and every output row exactly once in the read_committe
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -207,12 +209,26 @@ def test_second_processor_mid_run_takes_partitions_over_exactly(
     reference: Reference, namespaces: Callable[[str], Namespace]
 ) -> None:
     ns = namespaces("rebal")
-    copier = copy_input(reference.source, ns, seconds=FEED_SECONDS)
+    # The feed pauses at half until b holds partitions: under load, b's start-up (seconds of
+    # imports) could otherwise outlast the feed and a would drain everything alone.
+    joined = threading.Event()
+    copier = copy_input(reference.source, ns, seconds=FEED_SECONDS, hold=(0.5, joined))
     procs = Processors(ns)
     procs.start("a")
     try:
         wait_for(partial(reached, ns, reference.trade_messages, 0.3), 180, "30% of the input")
         procs.start("b")
+        wait_for(
+            lambda: (
+                re.search(
+                    r"assigned partitions \[\d", procs.logs["b"].read_text("utf-8", "replace")
+                )
+                is not None
+            ),
+            180,
+            "processor b's first assignment",
+        )
+        joined.set()
         wait_drained(ns, copier, 300)
     finally:
         codes = procs.stop_all()
