@@ -174,28 +174,40 @@ def compare(ref: Reference, ns: Namespace, label: str) -> None:
     assert not failures, failures
 
 
+KILL_AT = (0.15, 0.3, 0.45, 0.6, 0.75)  # fractions of the trade messages committed
+
+
+@pytest.mark.fault
 def test_sigkill_mid_run_loses_and_duplicates_nothing(
     reference: Reference, namespaces: Callable[[str], Namespace]
 ) -> None:
+    """The cluster half of the fault suite's SIGKILL scenario: five kills in one run."""
     ns = namespaces("kill")
     copier = copy_input(reference.source, ns, seconds=FEED_SECONDS)
     procs = Processors(ns)
     procs.start("k0")
     kills = 0
     try:
-        for fraction in (0.35, 0.7):
+        since_start = 0
+        for fraction in KILL_AT:
+            # Each kill lands on an instance that has committed work of its own, not one still
+            # starting up, so every restart rebuilds state that moved on.
             wait_for(
-                partial(reached, ns, reference.trade_messages, fraction),
+                lambda f=fraction, s=since_start: (
+                    reached(ns, reference.trade_messages, f) and ns.committed(ns.topics.trades) > s
+                ),
                 180,
                 f"{fraction:.0%} of the input committed",
             )
             procs.kill("k0")
             kills += 1
+            since_start = ns.committed(ns.topics.trades)
             procs.start("k0")  # same instance id: fences the dead one, aborts its transaction
         wait_drained(ns, copier, 300)
     finally:
         codes = procs.stop_all()
     assert codes == {"k0": 0}, procs.log_text()
+    assert kills == len(KILL_AT)
     summary = read_summary(ns.settings, "processor-k0")
     assert summary is not None and summary["rebuilds"] > 0, procs.log_text()
     print(
