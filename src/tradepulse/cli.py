@@ -6,7 +6,9 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (invalid configuration or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +44,17 @@ def settings_or_exit(**overrides: object) -> Settings:
         return load_settings(**overrides)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def store_errors_exit() -> Iterator[None]:
+    """An unusable or full data dir is a runtime failure with one clear line, not a traceback."""
+    from tradepulse.runner import StoreWriteError
+
+    try:
+        yield
+    except (OSError, StoreWriteError) as exc:
+        raise fail(f"{exc}", code=1) from None
 
 
 @app.command()
@@ -82,7 +95,7 @@ def run(
     settings = settings_or_exit(data_dir=data_dir, port=port, tickers=tickers, backend=backend)
     if profile not in {"flat", "intraday", "market-open"}:
         raise fail(f"--profile must be flat, intraday or market-open (got {profile!r})")
-    from tradepulse.runner import StoreWriteError, run_embedded
+    from tradepulse.runner import run_embedded
     from tradepulse.sim import SimConfig
     from tradepulse.sources.polygon_ws import AuthError
 
@@ -99,13 +112,14 @@ def run(
         _run_cluster(settings, sim_cfg, duration, processors, serve_api=not no_api)
         return
     try:
-        summary = asyncio.run(
-            run_embedded(settings, sim_config=sim_cfg, duration_s=duration, serve_api=not no_api)
-        )
+        with store_errors_exit():
+            summary = asyncio.run(
+                run_embedded(
+                    settings, sim_config=sim_cfg, duration_s=duration, serve_api=not no_api
+                )
+            )
     except AuthError as exc:
         raise fail(f"authentication failed: {exc}", code=2) from None
-    except (OSError, StoreWriteError) as exc:
-        raise fail(f"{exc}", code=1) from None
     typer.echo(
         f"stored {summary.trades_stored:,} trades, {summary.quotes_stored:,} quotes, "
         f"{summary.dead_letters:,} dead letters in {summary.seconds:.1f} s "
@@ -430,7 +444,8 @@ def replay(
             detect_kind(f)
     except ReplayError as exc:
         raise fail(str(exc)) from None
-    summary = asyncio.run(run_replay(settings, list(files), speed=speed))
+    with store_errors_exit():
+        summary = asyncio.run(run_replay(settings, list(files), speed=speed))
     s = summary
     typer.echo(
         f"replayed {s.rows:,} rows: {s.trades:,} trades ({s.trades_stored:,} new), "
@@ -461,16 +476,17 @@ def backfill(
     from tradepulse.sources.polygon_rest import RestError
 
     try:
-        s = asyncio.run(
-            run_backfill(
-                settings,
-                base_url=base,
-                api_key=key,
-                tickers=list(settings.tickers),
-                from_ns=start,
-                to_ns=end,
+        with store_errors_exit():
+            s = asyncio.run(
+                run_backfill(
+                    settings,
+                    base_url=base,
+                    api_key=key,
+                    tickers=list(settings.tickers),
+                    from_ns=start,
+                    to_ns=end,
+                )
             )
-        )
     except RestError as exc:
         raise fail(str(exc), code=1) from None
     typer.echo(

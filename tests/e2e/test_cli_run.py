@@ -150,3 +150,14 @@ def test_query_without_data_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, env=_env(tmp_path), cwd=tmp_path, timeout=60)
     assert r.returncode == 2
     assert "no data" in r.stderr.decode()
+
+
+def test_replay_into_an_unusable_data_dir_is_one_clear_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    sample = REPO / "tests" / "data" / "sample_trades.csv.gz"
+    cmd = [*TP, "replay", "--data-dir", str(not_a_dir), str(sample)]
+    r = subprocess.run(cmd, capture_output=True, env=_env(tmp_path), cwd=tmp_path, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "cannot use the data dir" in err and "Traceback" not in err
