@@ -193,3 +193,23 @@ def test_chunked_flush(
     assert cold.flush() == 5
     assert len(files(cold.root)) == 3
     assert parquet_rows(cold.root, "trades") == 5
+
+
+def test_failed_write_leaves_no_half_written_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import pyarrow as pa
+
+    from tradepulse.store.cold import parquet
+
+    def full_disk(table: Any, where: Any, **_kw: Any) -> None:
+        where.write(b"PAR1 half a row group")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parquet.pq, "write_table", full_disk)
+    target = tmp_path / "part-1-2.parquet"
+    with pytest.raises(OSError, match="No space left"):
+        parquet._write_atomic(pa.table({"x": [1, 2]}), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -28,6 +28,7 @@ query layer keeps the highest `_rid` per key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -312,8 +313,15 @@ def _remove_unrecorded(directory: Path, position: int) -> None:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="snappy")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="snappy")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A half-written file (disk full, unwritable dir) would otherwise hold its space
+        # until the next successful flush of the same name.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
