@@ -41,7 +41,9 @@ lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
-	$(BIN)/pip-audit -r requirements.lock --progress-spinner off
+	@# --no-deps --disable-pip: audit the lock's pins as they are; pip's resolver would refuse
+	@# the caps pyproject.toml overrides for uv ([tool.uv] override-dependencies).
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --progress-spinner off
 
 bench: setup
 	$(BIN)/tradepulse bench --out docs/benchmarks
