@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # --- cluster backend -------------------------------------------------------------------------
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_trades_partitions: int = Field(default=6, ge=1)
+    # What a producer holds for Kafka before the broker acknowledges it (librdkafka's
+    # queue.buffering.max.kbytes). A broker outage fills it; full, the producer stops reading
+    # its feed (backpressure) instead of growing or dropping (docs/runbook.md, "Kafka broker
+    # down"). Messages are split to stay well under it.
+    kafka_buffer_kb: int = Field(default=256 * 1024, ge=64, le=2**31 - 1)
     # Prefixes every Kafka topic, consumer group, transactional id and DynamoDB table of the
     # cluster backend ("<ns>.market.trades"), so several pipelines or test runs can share one
     # set of engines without reading each other's data. Empty: the plain names.
@@ -128,6 +133,23 @@ class Settings(BaseSettings):
     sqs_dlq_queue: str = "tradepulse-dlq"
     aws_region: str = Field(
         default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "TRADEPULSE_AWS_REGION")
+    )
+    # Retries of every DynamoDB, SQS and S3 call (botocore; pyarrow's S3 client for the cold
+    # store). "standard" backs off exponentially with full jitter — 1 s base after a throttle,
+    # milliseconds after a 5xx — within the SDK's retry quota; "adaptive" also slows the client
+    # down after throttles (botocore only: S3 stays "standard"); "legacy" is botocore's old
+    # mode. Attempts count the first call. Past them the caller's own retry takes over: the
+    # processor retries the batch from the committed offsets, the cold sink the flush, the
+    # dead-letter sender the send (docs/runbook.md, "Throttling and 5xx from AWS").
+    aws_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        default="standard",
+        validation_alias=AliasChoices("AWS_RETRY_MODE", "TRADEPULSE_AWS_RETRY_MODE"),
+    )
+    aws_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        validation_alias=AliasChoices("AWS_MAX_ATTEMPTS", "TRADEPULSE_AWS_MAX_ATTEMPTS"),
     )
 
     @field_validator("anomaly_threshold", mode="before")
@@ -194,7 +216,13 @@ class Settings(BaseSettings):
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
-    if field in {"POLYGON_API_KEY", "FINNHUB_API_KEY", "AWS_REGION"}:
+    if field in {
+        "POLYGON_API_KEY",
+        "FINNHUB_API_KEY",
+        "AWS_REGION",
+        "AWS_RETRY_MODE",
+        "AWS_MAX_ATTEMPTS",
+    }:
         return field
     return f"TRADEPULSE_{field.upper()}"
 

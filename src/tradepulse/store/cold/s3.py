@@ -33,7 +33,10 @@ layer deduplicates on identity. One writer per partition is assumed (the consume
 guarantee); a zombie that outlives its session timeout is not fenced.
 
 A failed flush (S3 or the commit) keeps its buffers, stops consuming and is retried; what a
-failed attempt wrote is in its marker, so the retry cleans it up the same way.
+failed attempt wrote is in its marker, so the retry cleans it up the same way. A marker that
+cannot be read (S3 throttling or failing) rewinds the batch that needed it and is read again
+on the retry, so no consumed message is skipped. The bucket is checked before the first write,
+not at construction: the processor starts, and writes DynamoDB, while S3 is down.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tradepulse.config import Settings
 from tradepulse.log import kafka
@@ -74,8 +77,18 @@ _MAX_BACKOFF_S = 30.0
 
 
 def s3_filesystem(settings: Settings) -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem for the configured endpoint (real AWS when none is set)."""
-    kwargs: dict[str, Any] = {"region": settings.aws_region, "allow_bucket_creation": True}
+    """pyarrow's S3 filesystem for the configured endpoint (real AWS when none is set), retrying
+    throttles (503 SlowDown) and 5xx as the settings say (pyarrow has no adaptive mode)."""
+    retry: pafs.S3RetryStrategy
+    if settings.aws_retry_mode == "legacy":
+        retry = pafs.AwsDefaultS3RetryStrategy(max_attempts=settings.aws_max_attempts)
+    else:
+        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=settings.aws_max_attempts)
+    kwargs: dict[str, Any] = {
+        "region": settings.aws_region,
+        "allow_bucket_creation": True,
+        "retry_strategy": retry,
+    }
     if settings.s3_endpoint:
         from tradepulse.ops.stack import endpoints
 
@@ -170,8 +183,9 @@ class S3ColdSink:
         self.stats = SinkStats()
         self.fs = filesystem if filesystem is not None else s3_filesystem(settings)
         self.root = cold_root(settings)
-        if self.fs.get_file_info(settings.s3_bucket).type == pafs.FileType.NotFound:
-            self.fs.create_dir(settings.s3_bucket)
+        # Checked before the first write, not here: an S3 outage at start-up must not stop the
+        # process that runs the sink (the processor) from starting; the sink retries it.
+        self._bucket_ready = False
         self._specs = sink_tables(settings, topics)
         self._buffers: dict[TP, _Buffer] = {}
         # Offsets past a replayed flush's end, held until that flush is committed.
@@ -202,6 +216,7 @@ class S3ColdSink:
             # Consuming on while a flush fails would grow the buffers without bound.
             self.flush()
         msgs = self.consumer.consume(self.max_messages, timeout_s)
+        self._check_intents(msgs)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -234,7 +249,17 @@ class S3ColdSink:
                     _sleep_unless(should_stop, backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
         finally:
-            self.close()
+            try:
+                self.close()
+            except (OSError, KafkaException) as exc:
+                # Nothing is lost: the offsets stay uncommitted, and the next sink of this
+                # group (this processor restarted, or another) writes the rows.
+                self.stats.failures += 1
+                log.error(
+                    "cold sink: final flush failed; its rows stay in Kafka, uncommitted, for "
+                    "the next start: %s",
+                    exc,
+                )
 
     def flush(self) -> int:
         """Write every buffered partition, then commit their offsets; return rows written."""
@@ -255,8 +280,6 @@ class S3ColdSink:
 
     def _add(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         tp = (topic, partition)
-        if tp not in self._checked:
-            self._check_intent(tp, offset)
         try:
             records = kafka.decode(self._specs[topic][1], value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -275,15 +298,35 @@ class S3ColdSink:
         buf.records.extend(records)
         self._rows += len(records)
 
+    def _check_intents(self, msgs: Sequence[Message]) -> None:
+        """Check the partitions of a batch that are new since their assignment, before any of
+        it is buffered. Should S3 fail, every partition of the batch is rewound to its first
+        message in it and the error raised: the retry consumes the same messages again
+        instead of buffering past the ones this batch had taken."""
+        first: dict[TP, int] = {}
+        for m in msgs:
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if m.error() is not None or topic is None or partition is None or offset is None:
+                continue
+            first.setdefault((topic, partition), offset)
+        try:
+            for tp, offset in first.items():
+                if tp not in self._checked:
+                    self._check_intent(tp, offset)
+        except OSError:
+            for (topic, partition), offset in first.items():
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            raise
+
     def _check_intent(self, tp: TP, first_offset: int) -> None:
         """On the first message after an assignment: was this partition's last flush committed?"""
-        self._checked.add(tp)
         try:
             with self.fs.open_input_stream(self._intent_path(tp)) as fh:
                 doc = orjson.loads(fh.read())
         except FileNotFoundError:
-            return
-        if first_offset <= int(doc["end"]):
+            doc = None
+        self._checked.add(tp)
+        if doc is not None and first_offset <= int(doc["end"]):
             intent = _Intent(int(doc["start"]), int(doc["end"]), frozenset(doc["keys"]))
             self._intents[tp] = intent
             log.info(
@@ -317,6 +360,7 @@ class S3ColdSink:
             self._last_flush = time.monotonic()
             return 0
         self._retry = True
+        self._ensure_bucket()
         rows = 0
         for tp in tps:
             rows += self._write(tp, self._buffers[tp])
@@ -362,6 +406,12 @@ class S3ColdSink:
             with contextlib.suppress(FileNotFoundError):  # an earlier attempt deleted it
                 self.fs.delete_file(f"{self.root}/{key}")
         return len(buf.records)
+
+    def _ensure_bucket(self) -> None:
+        if not self._bucket_ready:
+            if self.fs.get_file_info(self.settings.s3_bucket).type == pafs.FileType.NotFound:
+                self.fs.create_dir(self.settings.s3_bucket)
+            self._bucket_ready = True
 
     def _intent_path(self, tp: TP) -> str:
         return f"{self.root}/_sink/{self.group_id}/{tp[0]}/{tp[1]}.json"

@@ -29,9 +29,15 @@ all-or-nothing. Instead every write is idempotent — inserts skip existing keys
 latest-per-ticker puts converge to the same item — and the source positions are written last,
 after everything else succeeded. The cluster processor commits its Kafka offsets only after
 `write` returns, so a crash mid-batch replays the batch and the store converges to the state a
-single write would have left. One exception, documented rather than hidden: the session volume
-(`latest_trade()["volume"]`) is incremented after the trades are stored; a crash between the two
-steps replays those trades as duplicates and their size is not added again.
+single write would have left. The session volume (`latest_trade()["volume"]`) is the exception,
+as an ADD cannot be idempotent: it is incremented after the trades are stored, from an account
+kept in memory of the trades this store inserted (each BatchWriteItem call that took them,
+UnprocessedItems excluded) and has not counted yet. An increment that fails — DynamoDB
+throttling past every retry — stays owed and is applied by the next write, the batch's replay
+included, which finds those trades stored and does not count them again. Documented rather than
+hidden: a crash between the two steps loses the account (the replayed trades are duplicates and
+their size is not added), and a 5xx returned after DynamoDB applied an increment, retried by
+the SDK, adds it twice.
 
 Counting inserts exactly. BatchWriteItem cannot be conditional, so each insert first reads the
 batch's keys with BatchGetItem (100 per call, strongly consistent, keys only) and writes only the
@@ -50,6 +56,7 @@ days, and moto not at all.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -73,6 +80,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 __all__ = ["SHARDS", "DynamoHotStore", "DynamoWriteError", "trade_shard"]
+
+log = logging.getLogger("tradepulse.hot")
 
 SHARDS = 8
 _BATCH_WRITE = 25  # BatchWriteItem's limit
@@ -213,6 +222,11 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
+def _request_key(request: Mapping[str, Any]) -> tuple[str, str]:
+    item = request["PutRequest"]["Item"]
+    return item["pk"]["S"], item.get("sk", {}).get("S", "")
+
+
 def _newer_condition(order_by: Sequence[str], item: Item) -> tuple[str, Item, Item]:
     """`attribute_not_exists(pk) OR (stored order_by) < (new order_by)`, lexicographically."""
     names: Item = {}
@@ -304,6 +318,9 @@ class DynamoHotStore:
         self._client = client if client is not None else self._connect(settings, workers)
         self._write_seq = 0
         self._seq_lock = threading.Lock()
+        # (ticker, day) → size of trades stored by this store and not yet added to the volume.
+        self._volume_owed: dict[tuple[str, int], int] = {}
+        self._volume_lock = threading.Lock()
         self._closed = False
         self.trades_table = self._name("trades")
         self.quotes_table = self._name("quotes")
@@ -330,7 +347,7 @@ class DynamoHotStore:
                 kwargs |= {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
         config = Config(
             max_pool_connections=max(10, 2 * workers),
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": settings.aws_retry_mode, "max_attempts": settings.aws_max_attempts},
         )
         return boto3.client("dynamodb", config=config, **kwargs)
 
@@ -411,11 +428,22 @@ class DynamoHotStore:
             return [fn(i) for i in items]
         return list(self._pool.map(fn, items))
 
-    def _batch_write_chunk(self, table: str, requests: Sequence[Item]) -> None:
+    def _batch_write_chunk(
+        self,
+        table: str,
+        requests: Sequence[Item],
+        on_written: Callable[[list[Item]], None] | None = None,
+    ) -> None:
+        """BatchWriteItem with UnprocessedItems retried; `on_written` gets the requests each
+        call stored (what it sent minus what it left unprocessed)."""
         pending: dict[str, Any] = {table: list(requests)}
         for attempt in range(self.max_attempts):
+            sent = pending[table]
             resp = self._client.batch_write_item(RequestItems=pending)
             pending = dict(resp.get("UnprocessedItems") or {})
+            if on_written is not None:
+                unprocessed = {_request_key(r) for r in pending.get(table, [])}
+                on_written([r for r in sent if _request_key(r) not in unprocessed])
             if not any(pending.values()):
                 return
             if attempt + 1 < self.max_attempts:
@@ -427,10 +455,16 @@ class DynamoHotStore:
             "and is safe to retry"
         )
 
-    def _put_all(self, table: str, items: Sequence[Item]) -> None:
+    def _put_all(
+        self,
+        table: str,
+        items: Sequence[Item],
+        on_written: Callable[[list[Item]], None] | None = None,
+    ) -> None:
         requests = [{"PutRequest": {"Item": it}} for it in items]
         self._map(
-            lambda ch: self._batch_write_chunk(table, ch), list(_chunks(requests, _BATCH_WRITE))
+            lambda ch: self._batch_write_chunk(table, ch, on_written),
+            list(_chunks(requests, _BATCH_WRITE)),
         )
 
     def _existing_chunk(self, table: str, keys: Sequence[Item]) -> set[tuple[str, str]]:
@@ -455,7 +489,12 @@ class DynamoHotStore:
             f"BatchGetItem on {table}: keys still unprocessed after {self.max_attempts} attempts"
         )
 
-    def _insert_new(self, table: str, items: Sequence[Item]) -> list[Item]:
+    def _insert_new(
+        self,
+        table: str,
+        items: Sequence[Item],
+        on_written: Callable[[list[Item]], None] | None = None,
+    ) -> list[Item]:
         """Store the items whose key is not in `table` yet; return those (keys unique in items)."""
         keys = [{"pk": it["pk"], "sk": it["sk"]} for it in items]
         found: set[tuple[str, str]] = set()
@@ -464,7 +503,7 @@ class DynamoHotStore:
         ):
             found |= part
         new = [it for it in items if (it["pk"]["S"], it["sk"]["S"]) not in found]
-        self._put_all(table, new)
+        self._put_all(table, new, on_written)
         return new
 
     def _put_if(self, table: str, item: Item, condition: str, names: Item, values: Item) -> bool:
@@ -514,14 +553,18 @@ class DynamoHotStore:
         return item
 
     def _write_events(
-        self, table: str, columns: Mapping[str, str], rows: Sequence[dict[str, Any]]
+        self,
+        table: str,
+        columns: Mapping[str, str],
+        rows: Sequence[dict[str, Any]],
+        on_written: Callable[[list[Item]], None] | None = None,
     ) -> tuple[int, list[dict[str, Any]], list[Item]]:
         """Insert trades or quotes; return (inserted, newest row per ticker, inserted items)."""
         unique: dict[tuple[str, int, int], dict[str, Any]] = {}
         for r in rows:
             unique.setdefault((r["ticker"], r["day"], r["sequence_number"]), r)
         items = [self._event_item(columns, r) for r in unique.values()]
-        new = self._insert_new(table, items)
+        new = self._insert_new(table, items, on_written)
         latest = _newest(
             unique.values(),
             order=lambda r: (r["timestamp"], r["sequence_number"]),
@@ -543,11 +586,20 @@ class DynamoHotStore:
 
         self._map(put, rows)
 
-    def _add_volume(self, new_trades: Sequence[Item]) -> None:
-        sums: dict[tuple[str, int], int] = {}
-        for it in new_trades:
-            k = (it["ticker"]["S"], int(it["day"]["N"]))
-            sums[k] = sums.get(k, 0) + (int(it["size"]["N"]) if "size" in it else 0)
+    def _owe_volume(self, stored: list[Item]) -> None:
+        """Account the size of trades just stored (PutRequests) until `_add_volume` counts it."""
+        with self._volume_lock:
+            for request in stored:
+                it = request["PutRequest"]["Item"]
+                k = (it["ticker"]["S"], int(it["day"]["N"]))
+                size = int(it["size"]["N"]) if "size" in it else 0
+                self._volume_owed[k] = self._volume_owed.get(k, 0) + size
+
+    def _add_volume(self) -> None:
+        """Add every owed volume, this batch's and what earlier failed writes left; what fails
+        stays owed for the next write (module docstring)."""
+        with self._volume_lock:
+            owed = [(k, v) for k, v in self._volume_owed.items() if v]
 
         def add(entry: tuple[tuple[str, int], int]) -> None:
             (ticker, day), volume = entry
@@ -557,8 +609,14 @@ class DynamoHotStore:
                 UpdateExpression="ADD volume :v",
                 ExpressionAttributeValues={":v": {"N": str(volume)}},
             )
+            with self._volume_lock:
+                left = self._volume_owed.get((ticker, day), 0) - volume
+                if left:
+                    self._volume_owed[(ticker, day)] = left
+                else:
+                    self._volume_owed.pop((ticker, day), None)
 
-        self._map(add, list(sums.items()))
+        self._map(add, owed)
 
     def _derived_item(self, d: _Derived, row: Mapping[str, Any], order: int) -> Item:
         pk, sk = d.key_of(row)
@@ -672,10 +730,10 @@ class DynamoHotStore:
         ]
         trades_inserted = quotes_inserted = 0
         if trade_rows:
-            trades_inserted, latest, new = self._write_events(
-                self.trades_table, TRADE_COLUMNS, trade_rows
+            trades_inserted, latest, _ = self._write_events(
+                self.trades_table, TRADE_COLUMNS, trade_rows, self._owe_volume
             )
-            self._add_volume(new)
+            self._add_volume()
             # Always applied (not only when something was new): a batch replayed after a crash
             # that stored the trades but not this update must still move `latest` forward.
             self._write_latest("trade", TRADE_COLUMNS, latest)
@@ -1075,5 +1133,12 @@ class DynamoHotStore:
         if self._closed:
             return
         self._closed = True
+        if self._volume_owed:
+            # Stopped while a batch kept failing: its replay, in the next process, will find
+            # the trades stored and not count them, so settle the account now if DynamoDB lets.
+            try:
+                self._add_volume()
+            except Exception as exc:
+                log.error("session volume not added for %s: %s", sorted(self._volume_owed), exc)
         self._pool.shutdown(wait=True)
         self._client.close()

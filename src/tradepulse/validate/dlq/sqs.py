@@ -10,6 +10,9 @@ and at once makes what it saw visible again. `lease` hides entries for the redri
 handles them; they come back by themselves if that pass dies. Moving an entry back after a
 failed redrive sends its new version and then deletes the old message; a crash in between
 leaves two messages with one `dlq_id`, and the next `lease` keeps the one with more retries.
+Sending is retried per SQS batch (throttling, 5xx, entries reported `Failed`); a `send` that
+SQS still refused in part raises `DlqError` and remembers what it did not store, so the caller's
+retry of the same dead letters sends exactly those, under their first ids: no duplicates.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ _TRUNCATED = "…[truncated to fit an SQS message]"
 
 
 class DlqError(Exception):
-    """The DLQ refused dead letters even after retries (they were not stored)."""
+    """The DLQ refused dead letters even after retries; `unsent` are the entries it did not
+    store (the others of the same call were stored)."""
+
+    def __init__(self, message: str, unsent: Sequence[DlqEntry] = ()) -> None:
+        super().__init__(message)
+        self.unsent = list(unsent)
 
 
 def queue_name(settings: Settings) -> str:
@@ -49,8 +57,12 @@ def queue_name(settings: Settings) -> str:
 
 def _connect(settings: Settings) -> Any:
     import boto3
+    from botocore.config import Config
 
-    kwargs: dict[str, Any] = {"region_name": settings.aws_region}
+    config = Config(
+        retries={"mode": settings.aws_retry_mode, "max_attempts": settings.aws_max_attempts}
+    )
+    kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
     if settings.sqs_endpoint:
         from tradepulse.ops.stack import endpoints
 
@@ -82,6 +94,9 @@ class SqsDeadLetterQueue:
         self._client = client if client is not None else _connect(settings)
         self.url = self._ensure_queue()
         self._receipts: dict[str, str] = {}  # dlq_id → receipt handle of its current lease
+        # The dead letters of the last `send` SQS refused in part, and the entries it did not
+        # store: a retried `send` of the same letters resumes with those.
+        self._unsent: tuple[list[DeadLetter], list[DlqEntry]] | None = None
 
     @property
     def location(self) -> str:
@@ -108,31 +123,55 @@ class SqsDeadLetterQueue:
     # -- producing ---------------------------------------------------------------------------
 
     def send(self, dead: list[DeadLetter]) -> None:
-        """Enqueue new dead letters; raise DlqError if SQS keeps refusing some of them."""
-        now = now_ns()
-        self.put([DlqEntry.from_dead(d, new_dlq_id(), now) for d in dead])
+        """Enqueue new dead letters; raise DlqError if SQS keeps refusing some of them.
+
+        Calling `send` again with the same letters after a DlqError (what the producer's
+        retry does) sends only the entries SQS did not take, under the ids they were given the
+        first time: a new id for an entry already stored would be a duplicate that the lease
+        cannot recognise."""
+        letters = list(dead)
+        if self._unsent is not None and self._unsent[0] == letters:
+            entries = self._unsent[1]
+        else:
+            now = now_ns()
+            entries = [DlqEntry.from_dead(d, new_dlq_id(), now) for d in letters]
+        self._unsent = None
+        try:
+            self.put(entries)
+        except DlqError as exc:
+            self._unsent = (letters, exc.unsent)
+            raise
 
     def put(self, entries: Sequence[DlqEntry]) -> None:
-        batch: list[str] = []
+        """Send entries in SQS batches; on a batch SQS keeps refusing, raise DlqError with
+        every entry not stored (that batch's rest and all later ones)."""
+        batches: list[list[tuple[DlqEntry, str]]] = []
+        batch: list[tuple[DlqEntry, str]] = []
         size = 0
         for entry in entries:
             body = _body(entry)
             n = len(body.encode())
             if batch and (len(batch) == _BATCH or size + n > _MAX_BODY):
-                self._send_batch(batch)
+                batches.append(batch)
                 batch, size = [], 0
-            batch.append(body)
+            batch.append((entry, body))
             size += n
         if batch:
-            self._send_batch(batch)
+            batches.append(batch)
+        for i, b in enumerate(batches):
+            try:
+                self._send_batch(b)
+            except DlqError as exc:
+                later = [entry for rest in batches[i + 1 :] for entry, _ in rest]
+                raise DlqError(str(exc), [*exc.unsent, *later]) from None
 
-    def _send_batch(self, bodies: list[str]) -> None:
-        pending = {str(i): body for i, body in enumerate(bodies)}
+    def _send_batch(self, batch: list[tuple[DlqEntry, str]]) -> None:
+        pending = {str(i): pair for i, pair in enumerate(batch)}
         error = ""
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
-            entries = [{"Id": i, "MessageBody": b} for i, b in pending.items()]
+            entries = [{"Id": i, "MessageBody": body} for i, (_, body) in pending.items()]
             try:
                 resp = self._client.send_message_batch(QueueUrl=self.url, Entries=entries)
             except (ClientError, BotoCoreError) as exc:
@@ -145,7 +184,8 @@ class SqsDeadLetterQueue:
                 return
             error = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in failed)
         raise DlqError(
-            f"SQS refused {len(pending)} dead letter(s) after {self.attempts} attempts: {error}"
+            f"SQS refused {len(pending)} dead letter(s) after {self.attempts} attempts: {error}",
+            [entry for entry, _ in pending.values()],
         )
 
     # -- reading -----------------------------------------------------------------------------
