@@ -12,8 +12,17 @@ first live trade, and every interval the socket was down is fetched after the re
 (`sources/gapfill.py`, as in the embedded runner). Both overlap what Kafka may already hold;
 the processors and the stores are idempotent on trade identity, so an overlap is harmless.
 
-Backpressure: the frame queue is bounded; when Kafka's local buffer is full `produce` waits,
-the queue fills and the reader stops reading, so TCP pushes back on the feed.
+Backpressure and broker outages: the frame queue is bounded in frames and in bytes
+(`ws_queue_frames`, `ws_queue_bytes`), Kafka's local buffer in bytes (`kafka_buffer_kb`). While
+the broker is down librdkafka holds what it was given and retries it — for as long as it takes:
+this producer never lets a message expire, since a live frame cannot be asked for again. Once
+the buffer is full, publishing waits (without blocking the event loop), the queue fills and the
+reader stops reading, so TCP pushes back on the feed. A feed that drops us meanwhile (Polygon's
+slow consumer, or a keepalive timeout) is recovered like any disconnect: the gap fill reaches
+back to the newest trade we had published, since that is where what the feed dropped begins.
+An outage therefore costs memory up to those bounds, then latency — never a trade. A message
+Kafka refuses for good (not an outage: a deleted topic, an oversized message) stops the
+producer at once with the error; its restart re-publishes the warm-up window from REST.
 
 Stopping (SIGTERM/SIGINT, `duration_s`, or the feed closing with `until_feed_closes`): the
 reader stops, a gap fill in progress finishes, the queue drains, and the process exits only
@@ -30,11 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from tradepulse.cluster.logs import setup_logging
 from tradepulse.config import Settings
 from tradepulse.events import DeadLetter, Disconnect
 from tradepulse.log import kafka
-from tradepulse.log.embedded import Frame
+from tradepulse.log.embedded import Frame, FrameQueue
 from tradepulse.market_time import NS_PER_S, now_ns
 from tradepulse.runner import echo_err, install_signal_handlers, warm_up
 from tradepulse.validate import Decoded, decode_frame
@@ -53,6 +64,13 @@ class ProducerSummary:
     disconnects: int = 0
     rest_trades: int = 0  # warm-up and gap fills, overlap with the feed included
     seconds: float = 0.0
+    # Kafka unreachable or slow: client errors librdkafka reported (each connection refused,
+    # all brokers down, ...), how often and how long the local buffer was full, and the most
+    # messages ever waiting for an acknowledgement at once.
+    kafka_errors: int = 0
+    buffer_full: int = 0
+    buffer_full_s: float = 0.0
+    peak_unacked: int = 0
 
 
 def publish_decoded(
@@ -63,6 +81,20 @@ def publish_decoded(
         producer.send(topics.trades, decoded.trades)
     if decoded.quotes:
         producer.send(topics.quotes, decoded.quotes)
+    return len(decoded.trades), len(decoded.quotes)
+
+
+async def publish_decoded_async(
+    producer: kafka.EventProducer,
+    topics: kafka.Topics,
+    decoded: Decoded,
+    group: kafka.DeliveryGroup | None = None,
+) -> tuple[int, int]:
+    """`publish_decoded` for the event loop: waits for room in Kafka's local buffer."""
+    if decoded.trades:
+        await producer.send_async(topics.trades, decoded.trades, group)
+    if decoded.quotes:
+        await producer.send_async(topics.quotes, decoded.quotes, group)
     return len(decoded.trades), len(decoded.quotes)
 
 
@@ -112,28 +144,34 @@ async def run_producer(
     setup_logging(settings, "[producer]")
     topics = kafka.Topics.of(settings)
     await asyncio.to_thread(kafka.ensure_topics, settings)
-    producer = kafka.EventProducer(settings)
+    producer = kafka.EventProducer(settings, hold=True)
     dlq = DeadLetterSender(settings)
-    queue: asyncio.Queue[tuple[int, bytes | str]] = asyncio.Queue(maxsize=settings.ws_queue_frames)
+    queue = FrameQueue(settings.ws_queue_frames, settings.ws_queue_bytes)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     summary = ProducerSummary()
     started = time.monotonic()
     max_skew = int(settings.max_clock_skew_s * NS_PER_S)
+    newest_live_ns = 0  # event time of the newest trade published from the feed
+    fill = kafka.DeliveryGroup()  # the messages of the fill in progress
 
     async def put_fetched(frame: Frame) -> None:
+        nonlocal fill
         if frame.decoded is not None:
-            trades, _quotes = publish_decoded(producer, topics, frame.decoded)
+            trades, _quotes = await publish_decoded_async(producer, topics, frame.decoded, fill)
             summary.rest_trades += trades
             if frame.decoded.dead_letters:
                 await asyncio.to_thread(dlq.send, frame.decoded.dead_letters)
                 summary.dead_letters += len(frame.decoded.dead_letters)
         if frame.committed is not None:
-            # The filler waits for its last frame to be durable: on Kafka, acknowledged.
-            failed_before = producer.stats.failed
-            left = await asyncio.to_thread(producer.flush, 120.0)
-            if left or producer.stats.failed > failed_before:
-                error = RuntimeError(f"Kafka did not acknowledge the fill ({left} pending)")
+            # The filler waits for its last frame to be durable: on Kafka, every message of
+            # the fill acknowledged — however long the broker is away.
+            done, fill = fill, kafka.DeliveryGroup()
+            while done.pending > 0 and not done.failed:
+                producer.poll(0)
+                await asyncio.sleep(0.1)
+            if done.failed:
+                error = RuntimeError(f"Kafka refused the fill: {done.last_error}")
                 frame.committed.set_exception(error)
             else:
                 frame.committed.set_result(None)
@@ -156,6 +194,11 @@ async def run_producer(
         summary.disconnects += 1
         down = (d.ended_at - d.started_at) / NS_PER_S
         if filler is not None:
+            if 0 < newest_live_ns < d.started_at:
+                # After backpressure the client notices a drop late: the feed may have thrown
+                # away everything after the last frame we read, not just what came after the
+                # moment we noticed. The overlap with frames still queued is harmless.
+                d = msgspec.structs.replace(d, started_at=newest_live_ns)
             filler.request(d)
         else:
             out(f"[producer] feed was down {down:.1f} s ({d.reason}); no REST URL to fill it")
@@ -174,17 +217,28 @@ async def run_producer(
         client.expect_close()
 
     async def pump() -> None:
+        nonlocal newest_live_ns
         while True:
-            recv_ts, raw = await queue.get()
+            item = await queue.get()
+            assert not isinstance(item, Frame)  # the client puts (recv_ts, raw) only
+            recv_ts, raw = item
             if recv_ts < 0:
                 return
             decoded = decode_frame(
                 raw, recv_ts, source="polygon-ws", now_ns=now_ns(), max_skew_ns=max_skew
             )
-            trades, quotes = publish_decoded(producer, topics, decoded)
+            trades, quotes = await publish_decoded_async(producer, topics, decoded)
+            if decoded.trades:
+                newest_live_ns = max(newest_live_ns, max(t.timestamp for t in decoded.trades))
             summary.trades += trades
             summary.quotes += quotes
             summary.frames += 1
+            summary.peak_unacked = max(summary.peak_unacked, producer.unacked())
+            if producer.stats.failed:
+                # Never an outage (nothing expires): Kafka refused a message for good.
+                raise RuntimeError(
+                    f"Kafka refused {producer.stats.failed} messages: {producer.stats.last_error}"
+                )
             if decoded.dead_letters:
                 await asyncio.to_thread(dlq.send, decoded.dead_letters)
                 summary.dead_letters += len(decoded.dead_letters)
@@ -193,12 +247,15 @@ async def run_producer(
         last, last_n = time.monotonic(), 0
         while True:
             await asyncio.sleep(status_interval_s)
+            producer.poll(0)  # delivery reports and client errors, while no frame comes
             n = summary.trades + summary.quotes
             now = time.monotonic()
+            full = " (local buffer full: feed paused)" if producer.buffer_full() else ""
             out(
                 f"[producer] {(n - last_n) / (now - last):,.0f} ev/s | published "
                 f"{summary.trades:,} trades, {summary.quotes:,} quotes | DLQ "
-                f"{summary.dead_letters:,} | queue {queue.qsize()}"
+                f"{summary.dead_letters:,} | queue {queue.qsize()} | Kafka unacked "
+                f"{producer.unacked():,}{full}"
             )
             last, last_n = now, n
 
@@ -207,23 +264,30 @@ async def run_producer(
     status_task = asyncio.create_task(status(), name="status")
     fill_task = asyncio.create_task(filler.run(), name="gap-fill") if filler else None
     waiters = [asyncio.create_task(stop.wait()), client_task, pump_task]
+    if fill_task is not None:
+        waiters.append(fill_task)  # a fill Kafka refused ends the run (it raises)
     await asyncio.wait(waiters, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
     await client.stop()
     with contextlib.suppress(asyncio.CancelledError):
         await client_task  # re-raises AuthError and friends
+    if fill_task is not None and fill_task.done():
+        fill_task.result()  # re-raises the refused fill
     if filler is not None and not await filler.drain(timeout_s=30.0):
         out("[producer] a gap fill was still running at shutdown; its interval stays missing")
     if not pump_task.done():
         await queue.put((-1, b""))
-    await pump_task  # re-raises a failed dead-letter send
+    await pump_task  # re-raises a failed dead-letter send or a message Kafka refused
     for t in (waiters[0], status_task, fill_task):
         if t is not None:
             t.cancel()
     left = await asyncio.to_thread(producer.flush, 120.0)
+    summary.kafka_errors = producer.stats.client_errors
+    summary.buffer_full = producer.stats.buffer_full
+    summary.buffer_full_s = round(producer.stats.buffer_full_s, 3)
     if left or producer.stats.failed:
         raise RuntimeError(
             f"Kafka did not acknowledge {left + producer.stats.failed} messages "
-            f"({producer.stats.last_error or 'timed out'})"
+            f"({producer.stats.last_error or producer.stats.last_client_error or 'timed out'})"
         )
     summary.seconds = time.monotonic() - started
     out(

@@ -39,6 +39,26 @@ the transactional id (its restart aborts the transaction the dead process left o
 would otherwise hold back the offsets and the outputs until the transaction timed out). Two
 live processes with the same id fence each other; each needs its own.
 
+Broker outages. A stopped or killed broker must cost time, never the process: the loop waits
+it out and goes on with the state it has. What librdkafka does meanwhile, and the answers:
+  * consume() reports connection errors: logged, the loop polls on.
+  * A step of the transaction cannot finish (a timeout, a lost coordinator): abort (retried
+    while the broker cannot answer) and rewind; the batch runs again from the committed offsets.
+  * The transactional producer turns fatal after the restart (an abort answered with
+    INVALID_TXN_STATE, or an epoch bumped by the coordinator): a new producer with the same
+    transactional id replaces it, its `init_transactions` fences the old one and aborts what that
+    one left open; rewind.
+  * `send_offsets_to_transaction` ignores its timeout while it looks for the group coordinator
+    and can block for good after a restart (librdkafka issues 5456 and 5511): it runs on a helper
+    thread, and when it has not returned in time the producer is abandoned and replaced as above.
+  * A static member whose session expired while the broker was down rejoins and is fenced by its
+    own new membership (FENCED_INSTANCE_ID, a fatal consumer error, librdkafka issue 3437): the
+    consumer is closed and a new one joins with the same instance id; its assignment is
+    reconciled like any other, so the tasks whose offsets are still committed are kept.
+Each replacement is counted; more than `MAX_RECOVERIES` in `RECOVERY_WINDOW_S` (another live
+process with the same instance id fencing this one, not an outage) is fatal. A broker that stays
+away longer than `BROKER_WAIT_S` is fatal too: the process exits for its supervisor to restart.
+
 Limits. A late trade that was "too late" for the features when it arrived (past the late
 allowance) is merged normally during a rebuild, and a rebuild within the late allowance after
 04:00 ET does not hold the previous session's tape; both change only features of trades that
@@ -48,7 +68,9 @@ arrive out of order by more than the late allowance or straddle the session boun
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +99,14 @@ log = logging.getLogger("tradepulse.processor")
 
 GROUP = "tradepulse-processor"
 TRANSACTION_TIMEOUT_MS = 60_000
+# How long an unreachable broker is waited out (an abort, new producer, committed offsets).
+BROKER_WAIT_S = 600.0
+# send_offsets_to_transaction's own timeout, and how much longer it gets before it counts as hung.
+SEND_OFFSETS_TIMEOUT_S = 10.0
+SEND_OFFSETS_GRACE_S = 20.0
+# Client replacements (see "Broker outages") allowed within the window before giving up.
+MAX_RECOVERIES = 6
+RECOVERY_WINDOW_S = 600.0
 
 
 def group_id(settings: Settings) -> str:
@@ -96,6 +126,8 @@ class ProcessorStats:
     rebuild_events: int = 0
     rebuild_s: float = 0.0
     kept: int = 0  # tasks kept across an assignment
+    consumers_replaced: int = 0  # fenced after a broker outage
+    producers_replaced: int = 0  # fatal or hung after a broker outage
     partitions: list[int] = field(default_factory=list)
 
 
@@ -107,6 +139,10 @@ class _Task:
 
 class FatalProcessorError(RuntimeError):
     """This processor cannot go on (fenced by a newer instance, topics not co-partitioned)."""
+
+
+class _ProducerHung(Exception):
+    """A transactional call did not return long after its timeout (see "Broker outages")."""
 
 
 class TransactionalProcessor:
@@ -136,45 +172,93 @@ class TransactionalProcessor:
         self._time_column = {t.name: t.time_column for t in make_processor().tables}
         self.group = group_id(settings)
         member = member_id(settings, instance_id)
-        self.consumer = Consumer(
-            {
-                **kafka.client_config(settings),
-                "group.id": self.group,
-                "group.instance.id": member,
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "range",  # co-partitions trades, quotes, news
-                # A dead member's partitions move after this long (a graceful stop of a static
-                # member does not leave the group either).
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
-                # A rebuild reads the session so far between two polls.
-                "max.poll.interval.ms": 900_000,
-                **(consumer_extra or {}),
-            }
-        )
+        self._consumer_config = {
+            **kafka.client_config(settings),
+            "group.id": self.group,
+            "group.instance.id": member,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",  # co-partitions trades, quotes, news
+            # A dead member's partitions move after this long (a graceful stop of a static
+            # member does not leave the group either).
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            # A rebuild reads the session so far between two polls.
+            "max.poll.interval.ms": 900_000,
+            **(consumer_extra or {}),
+        }
         # Nothing buffered here is precious (an undelivered output aborts its transaction and
         # the batch runs again), so a short transaction timeout is safe, and it bounds how long
         # a transaction left open by a process that died for good holds back its partitions.
-        self.producer = Producer(
-            kafka.producer_config(
-                settings,
-                **{
-                    "transactional.id": member,
-                    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                    "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                },
-            )
+        self._producer_config = kafka.producer_config(
+            settings,
+            **{
+                "transactional.id": member,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            },
         )
-        self.producer.init_transactions(60)
+        self._recoveries: deque[float] = deque()
+        self.consumer = Consumer(self._consumer_config)
+        self.producer = self._new_producer()
         self._check_copartitioned()
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.consumer.subscribe(
             list(self.topics.inputs),
             on_assign=self._on_change,
             on_revoke=self._on_change,
             on_lost=self._on_change,
         )
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(self._producer_config)
+        deadline = time.monotonic() + BROKER_WAIT_S
+        while True:
+            try:
+                # Fences any earlier producer with this transactional id and aborts its open
+                # transaction (waiting for that abort is part of the call).
+                producer.init_transactions(60)
+                return producer
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("transactional producer not ready (%s); retrying", err)
+
+    def _count_recovery(self, what: str) -> None:
+        now = time.monotonic()
+        while self._recoveries and now - self._recoveries[0] > RECOVERY_WINDOW_S:
+            self._recoveries.popleft()
+        self._recoveries.append(now)
+        if len(self._recoveries) > MAX_RECOVERIES:
+            raise FatalProcessorError(
+                f"{what}: {len(self._recoveries)} client replacements in "
+                f"{RECOVERY_WINDOW_S:.0f} s; is another processor running with this instance id?"
+            )
+
+    def _replace_producer(self, reason: str) -> None:
+        self._count_recovery(f"transactional producer lost ({reason})")
+        log.warning("transactional producer lost (%s); starting a new one", reason)
+        # The old one is dropped, not closed: it may still be blocked in a call on a helper
+        # thread, which keeps it alive until that call returns (or for good).
+        self.producer = self._new_producer()
+        self.stats.producers_replaced += 1
+
+    def _replace_consumer(self, err: KafkaError) -> None:
+        self._count_recovery(f"consumer lost ({err.str()})")
+        log.warning("consumer lost (%s); joining the group again", err.str())
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the lost consumer: %s", exc)
+        self.consumer = Consumer(self._consumer_config)
+        self._subscribe()
+        # The new member's assignment is reconciled when its callback runs; until then the
+        # tasks are kept, to be checked against the committed offsets.
+        self.stats.consumers_replaced += 1
 
     def _check_copartitioned(self) -> None:
         md = self.consumer.list_topics(timeout=30).topics
@@ -193,8 +277,9 @@ class TransactionalProcessor:
 
     def _committed(self, parts: list[TP]) -> dict[tuple[str, int], int]:
         # Committed offsets are "unstable" while a transaction that commits them is open
-        # (a process that died mid-transaction): the broker answers once it is aborted.
-        deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + 30
+        # (a process that died mid-transaction): the broker answers once it is aborted. A
+        # broker that is down answers nothing: waited out too.
+        deadline = time.monotonic() + max(TRANSACTION_TIMEOUT_MS / 1000 + 30, BROKER_WAIT_S)
         while True:
             try:
                 got = self.consumer.committed(parts, timeout=30)
@@ -291,23 +376,28 @@ class TransactionalProcessor:
     def run_once(self) -> int:
         """Process one micro-batch; return the number of events it held."""
         msgs = self.consumer.consume(self.max_messages, self.poll_timeout_s)
+        for m in msgs:
+            err = m.error()
+            # A consumer turned fatal says so once, as a _FATAL event whose own fatal() is
+            # False; looked for first, since a pending reassignment drops the messages.
+            if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
+                self._replace_consumer(err)
+                return 0
         if self._reassigned:
-            self._reconcile()
+            self._reconcile_or_replace()
             return 0
         by_part: dict[int, tuple[list[Trade], list[Quote], list[News]]] = {}
         ends: dict[tuple[str, int], int] = {}
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
                 log.warning("consumer: %s", err)
                 continue
             topic, p, offset = m.topic(), m.partition(), m.offset()
             assert topic is not None and p is not None and offset is not None
             if p not in self.tasks:
                 # An assignment whose callback has not run yet: handle it first.
-                self._reconcile()
+                self._reconcile_or_replace()
                 return 0
             trades, quotes, news = by_part.setdefault(p, ([], [], []))
             base = self.topics.base(topic)
@@ -337,6 +427,15 @@ class TransactionalProcessor:
         self.stats.events += n
         return n
 
+    def _reconcile_or_replace(self) -> None:
+        try:
+            self._reconcile()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.fatal() or err.code() == KafkaError._FATAL):
+                raise
+            self._replace_consumer(err)
+
     def _commit(self, batch: StoreBatch, ends: dict[tuple[str, int], int]) -> bool:
         try:
             self.hot.write(batch)  # step 3
@@ -358,24 +457,69 @@ class TransactionalProcessor:
                     column = self._time_column.get(table) or "timestamp"
                     for ticker, recs in kafka.group_by_ticker(rows).items():
                         self._produce(topic, ticker, recs, column)
-            offsets = [TP(t, p, off) for (t, p), off in ends.items()]
-            self.producer.send_offsets_to_transaction(  # step 5
-                offsets, self.consumer.consumer_group_metadata(), 30
-            )
+            self._send_offsets([TP(t, p, off) for (t, p), off in ends.items()])  # step 5
             self._commit_transaction()  # step 6
             return True
+        except _ProducerHung as exc:
+            self.stats.aborts += 1
+            self._replace_producer(str(exc))
         except KafkaException as exc:
             err = exc.args[0]
-            if err.fatal():  # fenced by a newer instance with this id, or worse
-                raise FatalProcessorError(f"transaction failed: {err}") from exc
             self.stats.aborts += 1
-            log.warning("transaction aborted, rewinding to the committed offsets: %s", err)
+            if err.fatal():
+                # Fenced by a newer instance with this id, or the producer's state was lost
+                # with the broker: a new producer fences this one (and is fenced in turn by a
+                # newer live instance, which the recovery count turns into a fatal error).
+                self._replace_producer(err.str())
+            else:
+                log.warning("transaction aborted, rewinding to the committed offsets: %s", err)
+                self._abort()
+        self._retry(ends)
+        return False
+
+    def _send_offsets(self, offsets: list[TP]) -> None:
+        """`send_offsets_to_transaction` on a helper thread (a daemon: one that never returns
+        must not hold up the exit); raises _ProducerHung when it has not returned
+        `SEND_OFFSETS_GRACE_S` after its own timeout."""
+        metadata = self.consumer.consumer_group_metadata()
+        producer = self.producer
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, metadata, SEND_OFFSETS_TIMEOUT_S)
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="send-offsets", daemon=True).start()
+        if not done.wait(SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S):
+            raise _ProducerHung(
+                "send_offsets_to_transaction still blocked after "
+                f"{SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S:.0f} s"
+            )
+        if failed:
+            raise failed[0]
+
+    def _abort(self) -> None:
+        """Abort the open transaction, retrying while the broker cannot answer; a producer
+        that cannot abort is replaced (which aborts the transaction broker-side)."""
+        deadline = time.monotonic() + BROKER_WAIT_S
+        while True:
             try:
                 self.producer.abort_transaction(30)
-            except KafkaException as abort_exc:
-                raise FatalProcessorError(f"cannot abort: {abort_exc.args[0]}") from exc
-            self._retry(ends)
-            return False
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.fatal() and time.monotonic() < deadline:
+                    log.warning("abort not answered yet (%s); retrying", err)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise FatalProcessorError(f"cannot abort: {err}") from exc
+                self._replace_producer(f"abort failed: {err.str()}")
+                return
 
     def _retry(self, ends: dict[tuple[str, int], int]) -> None:
         """After a batch that did not commit: its partitions' tasks ran ahead of the committed
@@ -415,9 +559,15 @@ class TransactionalProcessor:
             return 0
         total = 0
         try:
-            for (topic, p), offset in self._committed(assignment).items():
-                _low, high = self.consumer.get_watermark_offsets(TP(topic, p), timeout=10)
-                total += max(0, high - max(offset, 0))
+            # One short try: a status line must not wait out a broker outage. The ends are
+            # the ones the fetcher last saw (a query per partition can take seconds).
+            for tp in self.consumer.committed(assignment, timeout=5):
+                _low, high = self.consumer.get_watermark_offsets(
+                    TP(tp.topic, tp.partition), cached=True
+                )
+                if high < 0:
+                    return None  # not fetched yet
+                total += max(0, high - max(tp.offset, 0))
         except KafkaException:
             return None
         return total
