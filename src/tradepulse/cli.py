@@ -244,6 +244,7 @@ def processor(
     name = instance_id or socket.gethostname()
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise fail(f"--instance-id must be letters, digits, '-', '_' or '.' (got {name!r})")
+    from botocore.exceptions import BotoCoreError, ClientError
     from confluent_kafka import KafkaException
 
     from tradepulse.cluster.processor import run_processor
@@ -254,6 +255,9 @@ def processor(
         summary = run_processor(settings, instance_id=name, cold=cold)
     except (FatalProcessorError, KafkaException, OSError) as exc:
         raise fail(str(exc), code=1) from None
+    except (BotoCoreError, ClientError) as exc:
+        # DynamoDB unreachable or refusing at start-up: the SDK already retried; say which.
+        raise fail(f"DynamoDB at {settings.dynamodb_endpoint or 'AWS'}: {exc}", code=1) from None
     write_summary(settings, f"processor-{name}", summary)
 
 
@@ -675,7 +679,9 @@ def stack_logs(
 
 @app.command()
 def bench(
-    backend: Annotated[str, typer.Option(help="embedded (cluster: not yet).")] = "embedded",
+    backend: Annotated[
+        str, typer.Option(help="embedded, or cluster (the running stack: `tradepulse stack up`).")
+    ] = "embedded",
     scenario: Annotated[str, typer.Option(help="market-open|sustained|burst|max.")] = "market-open",
     duration: Annotated[
         float | None,
@@ -687,16 +693,28 @@ def bench(
     tickers: Annotated[int, typer.Option("--tickers", help="Number of tickers.", min=1)] = 5,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke run, under 2 minutes.")] = False,
     out: Annotated[Path, typer.Option(help="Report directory.")] = Path("docs/benchmarks"),
+    processors: Annotated[
+        int, typer.Option(help="Cluster: processor processes.", min=1, max=12)
+    ] = 1,
+    drain: Annotated[
+        float | None,
+        typer.Option(
+            help="Cluster: seconds the processors may drain after the feed stops "
+            "(default 60, quick 15); the backlog left is reported.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Load the real pipeline from the simulator, run the baseline peer, write the report."""
     from tradepulse.bench import BenchOptions, run_bench
+    from tradepulse.bench.cluster import ClusterBenchError
     from tradepulse.bench.report import summary_lines
-    from tradepulse.bench.scenarios import SCENARIOS
+    from tradepulse.bench.scenarios import BACKENDS, SCENARIOS
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario must be one of {', '.join(SCENARIOS)} (got {scenario!r})")
-    if backend != "embedded":
-        raise fail(f"--backend {backend!r} is not benchmarked yet (only embedded)")
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     opts = BenchOptions(
         backend=backend,
         scenario=scenario,
@@ -706,11 +724,15 @@ def bench(
         quick=quick,
         out=out,
         command="tradepulse " + " ".join(sys.argv[1:]),
+        processors=processors,
+        drain_limit_s=drain,
     )
     try:
         doc = run_bench(opts, echo=lambda line: typer.echo(line, err=True))
     except ValueError as exc:
         raise fail(str(exc)) from None
+    except ClusterBenchError as exc:
+        raise fail(str(exc), code=1) from None
     for line in summary_lines(doc):
         typer.echo(line)
 

@@ -21,10 +21,14 @@ def _phase_lines(ax: Any, phases: list[dict[str, Any]]) -> None:
 def write_plots(doc: dict[str, Any], out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     live = doc.get("live")
+    cluster = doc.get("backend") == "cluster"
     if live:
         files["plot_throughput_lag"] = str(_throughput_lag(live, out / "throughput_lag.png"))
         files["plot_latency"] = str(_latency(live, out / "latency.png"))
-        files["plot_resources"] = str(_resources(live, out / "resources.png"))
+        resources = _process_resources if cluster else _resources
+        files["plot_resources"] = str(resources(live, out / "resources.png"))
+    if doc.get("engines"):
+        files["plot_engines"] = str(_engines(doc, out / "engines.png"))
     if doc.get("retrain"):
         files["plot_retrain"] = str(_retrain(doc["retrain"], out / "retrain.png"))
     if doc.get("max"):
@@ -47,8 +51,14 @@ def _throughput_lag(live: dict[str, Any], path: Path) -> Path:
     ax1.legend(loc="upper left")
     ax1.set_title("Throughput (1 s buckets) and consumer lag")
     samples = tl["samples"]
-    ax2.plot([s[0] for s in samples], [s[1] for s in samples], color="tab:red")
+    ax2.plot([s[0] for s in samples], [s[1] for s in samples], color="tab:red", label="events")
     ax2.set_ylabel("lag (events)")
+    if "lag_messages" in tl["sample_columns"]:
+        i = tl["sample_columns"].index("lag_messages")
+        ax3 = ax2.twinx()
+        pts = [(s[0], s[i]) for s in samples if s[i] is not None]
+        ax3.plot([t for t, _ in pts], [m for _, m in pts], color="tab:purple", alpha=0.6)
+        ax3.set_ylabel("Kafka lag (messages)", color="tab:purple")
     ax2.set_xlabel("seconds since start")
     for ax in (ax1, ax2):
         _phase_lines(ax, live["phases"])
@@ -164,6 +174,64 @@ def _max(mx: dict[str, Any], path: Path) -> Path:
     ax.set_title("Rate steps (max search)")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _process_resources(live: dict[str, Any], path: Path) -> Path:
+    """RSS and CPU of every process of a cluster run, one line each."""
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    for name, pts in live["timeline"]["processes"].items():
+        if not pts:
+            continue
+        style = ":" if live["processes"][name]["role"] == "engine" else "-"
+        ts = [p[0] for p in pts]
+        ax1.plot(ts, [p[1] for p in pts], linestyle=style, label=name)
+        ax2.plot(ts[1:], [p[2] for p in pts[1:]], linestyle=style, label=name)
+    ax1.set_ylabel("RSS MiB")
+    ax1.set_title("RSS and CPU per process (dotted: the shared engines)")
+    ax2.set_ylabel("CPU % (100 = one core)")
+    ax2.set_xlabel("seconds since start")
+    ax1.legend(fontsize=7, ncol=2, loc="upper left")
+    for ax in (ax1, ax2):
+        _phase_lines(ax, live["phases"])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _engines(doc: dict[str, Any], path: Path) -> Path:
+    """Each engine alone next to what the cluster committed: which one caps it."""
+    eng = doc["engines"]
+    labels: list[str] = []
+    values: list[float] = []
+    for name, key, label in (
+        ("kafka", "events_per_s", "Kafka produce+consume"),
+        ("dynamodb", "raw_items_per_s", "DynamoDB BatchWriteItem (items)"),
+        ("dynamodb", "events_per_s", "DynamoDB hot-store write"),
+        ("s3", "events_per_s", "S3 Parquet rows"),
+    ):
+        v = eng.get(name, {}).get(key)
+        if v:
+            labels.append(label)
+            values.append(float(v))
+    for ph in doc.get("live", {}).get("phases", []):
+        if ph["phase"] == "sustained" and ph.get("committed_rate_mean"):
+            labels.append(f"cluster committed ({ph['offered_rate']:,.0f}/s offered)")
+            values.append(float(ph["committed_rate_mean"]))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * max(len(labels), 2) + 1.5))
+    colors = ["tab:red" if lab.startswith("cluster") else "tab:blue" for lab in labels]
+    ax.barh(labels, values, color=colors)
+    ax.axvline(30_000, color="grey", linestyle="--", label="target 30,000/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("events/s (log)")
+    ax.set_title("Engines alone vs the cluster")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -7,6 +7,9 @@ Order within one invocation (same machine state for everything):
   4. micro-benchmarks: anomaly retrain/inference, VADER;
   5. the report: bench.json, bench.md, PNG plots under `out`.
 
+`--backend cluster` runs bench/cluster.py instead: the same scenarios through the cluster's
+processes, the engines alone, the same peers, and the same report.
+
 Every load is bounded in count and time: the simulator stops at the scenario's duration, the
 pipeline run has a hard stop after it, the peers stop offering input after a time budget.
 """
@@ -33,7 +36,7 @@ from tradepulse.bench.micro import (
     vader_cost,
 )
 from tradepulse.bench.peers import PeerResults, run_peers
-from tradepulse.bench.scenarios import Phase, Plan, plan
+from tradepulse.bench.scenarios import BACKENDS, Phase, Plan, plan
 from tradepulse.config import DEFAULT_TICKERS, Settings, load_settings
 
 # After the simulator's last event, the run may take this long to drain before it is cut off
@@ -66,6 +69,11 @@ class BenchOptions:
     retrain_rate: float | None = None
     plots: bool = True
     command: str = ""
+    # Cluster backend (bench/cluster.py): processor processes, the drain's cut-off after the
+    # feed stops (None = by --quick), the stream-framework peer's budget.
+    processors: int = 1
+    drain_limit_s: float | None = None
+    stream_peer_max_s: float | None = None
 
 
 @dataclass
@@ -513,11 +521,18 @@ def peer_figures(peers: PeerResults, rec: Any) -> dict[str, Any]:
 
 def run_bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything, write the report into `opts.out`, return the JSON document."""
-    if opts.backend != "embedded":
-        raise ValueError(f"backend {opts.backend!r} is not benchmarked yet (only embedded)")
+    if opts.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (got {opts.backend!r})")
+    if opts.processors < 1:
+        raise ValueError(f"processors must be at least 1 (got {opts.processors})")
     opts.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tradepulse-bench-") as tmp:
-        doc = asyncio.run(_bench(opts, Path(tmp), echo))
+        if opts.backend == "cluster":
+            from tradepulse.bench import cluster
+
+            doc = asyncio.run(cluster.bench(opts, Path(tmp), echo))
+        else:
+            doc = asyncio.run(_bench(opts, Path(tmp), echo))
     doc["files"] = report.write_all(doc, opts.out, plots=opts.plots)
     return doc
 
