@@ -45,8 +45,12 @@ lint: setup
 	@# the caps pyproject.toml overrides for uv ([tool.uv] override-dependencies).
 	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --progress-spinner off
 
+# The full set: the market-open run on each backend (each about 15 minutes), peers included.
+# The cluster run needs the engines: `stack up` starts what is not running (stop: make stack-down).
 bench: setup
-	$(BIN)/tradepulse bench --out docs/benchmarks
+	$(BIN)/tradepulse bench --out docs/benchmarks/market-open-full
+	$(BIN)/tradepulse stack up
+	$(BIN)/tradepulse bench --backend cluster --out docs/benchmarks/cluster
 
 soak: setup
 	TRADEPULSE_SOAK=1 $(BIN)/pytest -m fault -q
