@@ -128,6 +128,13 @@ def reached(ns: Namespace, total: int, fraction: float) -> bool:
     return ns.committed(ns.topics.trades) >= fraction * total
 
 
+def assignments(procs: Processors, instance_id: str) -> int:
+    """How many partition assignments an instance's log shows (restarts append to it)."""
+    log = procs.logs[instance_id]
+    text = log.read_text("utf-8", "replace") if log.exists() else ""
+    return len(re.findall(r"assigned partitions \[\d", text))
+
+
 def compare(ref: Reference, ns: Namespace, label: str) -> None:
     """Print sent/stored/lost/duplicated per record kind; assert 0 lost, 0 duplicated and
     feature rows identical to the reference."""
@@ -188,7 +195,7 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
     procs.start("k0")
     kills = 0
     try:
-        since_start = 0
+        since_start = assigned = 0
         for fraction in KILL_AT:
             # Each kill lands on an instance that has committed work of its own, not one still
             # starting up, so every restart rebuilds state that moved on.
@@ -202,7 +209,11 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
             procs.kill("k0")
             kills += 1
             since_start = ns.committed(ns.topics.trades)
+            assigned = assignments(procs, "k0")
             procs.start("k0")  # same instance id: fences the dead one, aborts its transaction
+        # The input may be all but drained by the last restart: without this wait the stop
+        # below could reach the new instance before it has even installed its SIGTERM handler.
+        wait_for(lambda: assignments(procs, "k0") > assigned, 180, "the last restart's assignment")
         wait_drained(ns, copier, 300)
     finally:
         codes = procs.stop_all()
@@ -230,16 +241,7 @@ def test_second_processor_mid_run_takes_partitions_over_exactly(
     try:
         wait_for(partial(reached, ns, reference.trade_messages, 0.3), 180, "30% of the input")
         procs.start("b")
-        wait_for(
-            lambda: (
-                re.search(
-                    r"assigned partitions \[\d", procs.logs["b"].read_text("utf-8", "replace")
-                )
-                is not None
-            ),
-            180,
-            "processor b's first assignment",
-        )
+        wait_for(lambda: assignments(procs, "b") > 0, 180, "processor b's first assignment")
         joined.set()
         wait_drained(ns, copier, 300)
     finally:
