@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+from botocore.exceptions import ClientError
 
 from records import Records
 from tradepulse.config import Settings
@@ -132,6 +133,14 @@ def test_tables_are_created_idempotently_with_ttl(
     assert f"{prefix}-features_latest" not in names  # lives in the latest table
     for table in (again.trades_table, again.quotes_table, f"{prefix}-anomalies"):
         desc = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+        if desc.get("TimeToLiveStatus") == "DISABLED":
+            # Only a server without UpdateTimeToLive (dynalite) may leave it off; reads filter.
+            with pytest.raises(ClientError, match="UnknownOperationException"):
+                client.update_time_to_live(
+                    TableName=table,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+                )
+            continue
         assert desc.get("TimeToLiveStatus") == "ENABLED"
         assert desc.get("AttributeName") == "ttl"
     described = client.describe_table(TableName=again.trades_table)["Table"]

@@ -1,24 +1,33 @@
-"""`tradepulse.ops.stack` process handling, on the one engine that needs no Java (moto server):
-start, reuse, status, stop by pid, and loud failures with the log's tail."""
+"""`tradepulse.ops.stack` process handling, on the one engine that needs no Java (dynalite on
+Node): fetch, start, reuse, status, stop by pid, and loud failures with the log's tail."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import sys
 from pathlib import Path
 
+import boto3
+import psutil
 import pytest
 
 from tradepulse.config import load_settings
 from tradepulse.ops.stack import (
     MAVEN_DEPENDENCIES,
+    NPM_PACKAGES,
     Stack,
     StackError,
+    cache_dir,
     endpoints,
     kafka_cluster_id,
     parse_services,
 )
+
+# Read before `clean_env` drops TRADEPULSE_STACK_CACHE: the lifecycle test installs dynalite
+# where `tradepulse stack up` would, once, instead of into every test's temporary directory.
+CACHE = cache_dir()
 
 
 def test_parse_services_keeps_canonical_order_and_rejects_unknown() -> None:
@@ -62,18 +71,58 @@ def test_refuses_remote_endpoints(tmp_path: Path, clean_env: None) -> None:
         Stack(s, cache=tmp_path, state=tmp_path / "run").up(["dynamodb"])
 
 
-def test_moto_lifecycle_start_reuse_stop(tmp_path: Path, port: int, clean_env: None) -> None:
-    pytest.importorskip("moto.server", reason="needs moto[server]")
+def test_npm_fetch_is_stamped_with_the_pinned_package(tmp_path: Path, clean_env: None) -> None:
+    stack = Stack(load_settings(), cache=tmp_path, state=tmp_path / "run")
+    assert NPM_PACKAGES["dynamodb"].startswith("dynalite@")
+    assert not stack.fetched("dynamodb")
+    cli = stack.dynalite_cli()
+    cli.parent.mkdir(parents=True)
+    cli.write_text("")
+    stamp = tmp_path / "dynamodb" / ".complete"
+    stamp.write_text("dynalite@0.0.1")  # an older pin: must be fetched again
+    assert not stack.fetched("dynamodb")
+    stamp.write_text(NPM_PACKAGES["dynamodb"])
+    assert stack.fetched("dynamodb")
+
+
+def test_dynalite_lifecycle_start_reuse_stop(tmp_path: Path, port: int, clean_env: None) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("the dynamodb service needs Node.js and npm on PATH")
     s = load_settings(dynamodb_endpoint=f"http://127.0.0.1:{port}")
-    stack = Stack(s, cache=tmp_path, state=tmp_path / "run")
+    stack = Stack(s, cache=CACHE, state=tmp_path / "run")
     try:
         first = stack.up(["dynamodb"])[0]
         assert first.started and first.state == "healthy" and first.pid
+        assert stack.fetched("dynamodb")
         again = stack.up(["dynamodb"])[0]
         assert not again.started and again.pid == first.pid
         st = stack.status(["dynamodb"])[0]
         assert st.healthy and st.pid == first.pid
         assert stack.log_path("dynamodb").exists()
+        # A real server, on loopback only: a table round-trips an item.
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        client.create_table(
+            TableName="probe",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        client.put_item(TableName="probe", Item={"pk": {"S": "a"}, "v": {"N": "1"}})
+        got = client.get_item(TableName="probe", Key={"pk": {"S": "a"}}, ConsistentRead=True)
+        assert got["Item"]["v"] == {"N": "1"}
+        client.close()
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(first.pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}
     finally:
         assert stack.down(["dynamodb"]) == ["dynamodb"]
     assert stack.status(["dynamodb"])[0].state == "stopped"
@@ -97,7 +146,7 @@ def test_crash_at_start_reports_the_log_tail(
 ) -> None:
     s = load_settings(dynamodb_endpoint=f"http://127.0.0.1:{port}")
     stack = Stack(s, cache=tmp_path, state=tmp_path / "run")
-    monkeypatch.setattr(stack, "_check_moto", lambda: None)
+    monkeypatch.setattr(stack, "fetch", lambda _svc: None)
     monkeypatch.setattr(
         stack,
         "command",

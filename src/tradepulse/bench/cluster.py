@@ -51,6 +51,7 @@ from tradepulse.bench.collect import histogram_points, summarize
 from tradepulse.bench.scenarios import Phase
 from tradepulse.cluster.summary import decode_histogram, new_histogram, read_summary
 from tradepulse.config import Settings, load_settings
+from tradepulse.ops.stack import dynamodb_engine
 
 if TYPE_CHECKING:
     from tradepulse.bench.feed import Recording
@@ -625,7 +626,8 @@ async def cluster_live_run(
         truth = orjson.loads(truth_file.read_bytes()) if truth_file.exists() else {}
         counting = time.monotonic()
         # Undrained, the run cannot be exact and a scan of what the processors managed would
-        # take long on moto: their own count of confirmed events says how far they got.
+        # take long on a local DynamoDB: their own count of confirmed events says how far
+        # they got.
         stored: dict[str, Any] = {"counted": False, "complete": False}
         if drain_s is not None:
             stored = await asyncio.to_thread(count_store, settings)
@@ -747,11 +749,11 @@ def backlog_bounded(
 ) -> tuple[bool, dict[str, float]]:
     """Whether the backlog stayed bounded over `seconds` at `rate` (samples timed from 0).
 
-    A processor's micro-batch takes up to seconds on moto, so the backlog is a sawtooth that
-    climbs until a write returns: its peaks and the slope of a line through them say little.
-    Its troughs do: right after a write they fall back to what is in flight. Bounded = the
-    lowest backlog in the last quarter is under two seconds of input, and it is less than half
-    a second of input above the lowest of the second quarter (not building up)."""
+    A processor's micro-batch takes up to seconds on a local DynamoDB, so the backlog is a
+    sawtooth that climbs until a write returns: its peaks and the slope of a line through them
+    say little. Its troughs do: right after a write they fall back to what is in flight.
+    Bounded = the lowest backlog in the last quarter is under two seconds of input, and it is
+    less than half a second of input above the lowest of the second quarter (not building up)."""
 
     def trough(lo: float, hi: float) -> float:
         lags = [s.lag for s in samples if lo * seconds <= s.t < hi * seconds]
@@ -988,7 +990,7 @@ async def bench(opts: BenchOptions, root: Path, echo: Callable[[str], None]) -> 
             "partitions": settings.kafka_trades_partitions,
             "drain_limit_s": drain,
             "kafka": settings.kafka_bootstrap,
-            "dynamodb": f"{settings.dynamodb_endpoint} (moto server)",
+            "dynamodb": f"{settings.dynamodb_endpoint} ({dynamodb_engine()})",
             "s3": f"{settings.s3_endpoint} (s3proxy)",
             "sqs": f"{settings.sqs_endpoint} (ElasticMQ)",
         },
@@ -1142,7 +1144,7 @@ async def _max_search(
         "definition": "bounded = the lowest backlog (events sent, not yet confirmed at the "
         "store) in the step's last quarter < 2 s of offered events, and < 0.5 s of them above "
         "the lowest in its second quarter (backlog troughs, not peaks: a batch takes up to "
-        "seconds on moto)",
+        "seconds on the local DynamoDB)",
     }
 
 

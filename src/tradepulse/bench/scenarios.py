@@ -19,9 +19,9 @@ DEFAULT_RATE = 15_000.0  # the rate issue 8's latency targets are quoted at
 QUICK_RATE = 5_000.0
 BURST_MULT = 3.0
 BACKENDS = ("embedded", "cluster")
-# The cluster's quick run: a rate its DynamoDB stand-in (moto) absorbs with the 3x burst, so
-# the smoke run drains and ends exact; the whole command, engines and peers included, stays
-# under two minutes.
+# The cluster's quick run: a rate its local DynamoDB (sized on moto, the slower) absorbs
+# with the 3x burst, so the smoke run drains and ends exact; the whole command, engines and
+# peers included, stays under two minutes.
 CLUSTER_QUICK_RATE = 100.0
 
 

@@ -3,17 +3,23 @@
   kafka     Apache Kafka, KRaft single node (broker + controller), jars from Maven Central
   sqs       ElasticMQ, jars from Maven Central
   s3        s3proxy (filesystem backend), jars from Maven Central
-  dynamodb  moto server from PyPI. DynamoDB Local's licence is not an open-source one, so we
-            do not fetch it; moto is the fallback for a service without a usable local server.
+  dynamodb  dynalite (MIT), a standalone DynamoDB server on LevelDB, from npm, run with Node.
+            DynamoDB Local is not fetched: its licence is the vendor's own terms, not an open
+            source one. moto's server, used before, is a mock library: about half dynalite's
+            write rate here and an RSS that grows to gigabytes over a test session. dynalite
+            lacks UpdateTimeToLive (the hot store copes, see store/hot/dynamodb.py) and
+            transactions (unused). TRADEPULSE_DYNAMODB_ENGINE=moto still runs moto's server.
 
 Jars land in a cache outside the repository (TRADEPULSE_STACK_CACHE, default
 ~/.cache/tradepulse/stack), fetched once by Maven's dependency plugin into a private local
-repository there, so deleting the cache really starts from nothing. Runtime state (pid files,
-logs, Kafka's log dirs, s3proxy's objects) lives under TRADEPULSE_STACK_DIR (default
-<cache>/run). Every engine runs in its own session/process group with a pid file and is stopped
-by that pid only. Ports come from Settings; the Kafka controller listens on the broker port + 1.
+repository there, so deleting the cache really starts from nothing; npm installs dynalite there
+the same way, once. Runtime state (pid files, logs, Kafka's log dirs, s3proxy's objects) lives
+under TRADEPULSE_STACK_DIR (default <cache>/run). Every engine runs in its own session/process
+group with a pid file and is stopped by that pid only. Ports come from Settings; the Kafka
+controller listens on the broker port + 1.
 
-ElasticMQ and moto keep their data in memory: restarting them empties queues and tables.
+ElasticMQ and dynalite (like moto) keep their data in memory: restarting them empties queues
+and tables.
 """
 
 from __future__ import annotations
@@ -55,6 +61,30 @@ S3PROXY_VERSION = "4.1.0"
 # picks 2.18 from jclouds and the server dies with ClassNotFoundException at start.
 JACKSON_ANNOTATIONS_VERSION = "2.22"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.7.1"
+DYNALITE_VERSION = "4.0.0"
+NPM_PACKAGES: dict[str, str] = {"dynamodb": f"dynalite@{DYNALITE_VERSION}"}
+DYNAMODB_ENGINES = ("dynalite", "moto")
+# dynalite's own cli.js, except for one thing: dynalite 4.0.0 rethrows a request's error from
+# inside its handler, so a client that dies mid-request (a SIGKILLed processor: ECONNRESET,
+# "aborted") takes the whole server down with an uncaught exception. That request never
+# reached its end, or its client is gone, so dropping the error loses nothing. Tables become
+# ACTIVE at once (the 500 ms default only slows every set-up); no `path`: in memory. The host
+# is always given: without one dynalite listens on every interface.
+DYNALITE_LAUNCHER = """'use strict'
+const [dir, host, port] = process.argv.slice(2)
+const opts = { createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 }
+const server = require(dir + '/index.js')(opts)
+server.prependListener('request', (req) => {
+  const emit = req.emit
+  req.emit = function (event, ...args) {
+    if (event === 'error' && args[0] && args[0].code === 'ECONNRESET') return false
+    return emit.call(this, event, ...args)
+  }
+})
+server.listen(Number(port), host, () => {
+  console.log('Dynalite listening at: http://%s:%s', host, port)
+})
+"""
 
 MAVEN_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "kafka": (
@@ -85,6 +115,16 @@ class StackError(RuntimeError):
 def cache_dir() -> Path:
     env = os.environ.get("TRADEPULSE_STACK_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tradepulse" / "stack"
+
+
+def dynamodb_engine() -> str:
+    """The server behind the `dynamodb` service: dynalite, or moto when asked for by name."""
+    name = os.environ.get("TRADEPULSE_DYNAMODB_ENGINE", "dynalite").strip().lower() or "dynalite"
+    if name not in DYNAMODB_ENGINES:
+        raise StackError(
+            f"TRADEPULSE_DYNAMODB_ENGINE={name!r}; known: {', '.join(DYNAMODB_ENGINES)}"
+        )
+    return name
 
 
 def state_dir() -> Path:
@@ -254,6 +294,9 @@ class Stack:
         echo: Echo | None = None,
         java: str | None = None,
         mvn: str | None = None,
+        node: str | None = None,
+        npm: str | None = None,
+        dynamodb_engine: str | None = None,
     ) -> None:
         self.settings = settings
         self.cache = (cache or cache_dir()).resolve()
@@ -261,6 +304,9 @@ class Stack:
         self.echo: Echo = echo or (lambda _line: None)
         self._java = java
         self._mvn = mvn
+        self._node = node
+        self._npm = npm
+        self._engine = dynamodb_engine
 
     # -- paths ------------------------------------------------------------------------------
     def service_dir(self, service: str) -> Path:
@@ -282,8 +328,14 @@ class Stack:
     def _tool(self, name: str, given: str | None) -> str:
         found = given or shutil.which(name)
         if not found:
-            raise StackError(f"`{name}` not found on PATH: the stack needs Java 17+ and Maven")
+            raise StackError(
+                f"`{name}` not found on PATH: the stack needs Java 17+ and Maven (Kafka, SQS, "
+                "S3) and Node.js 18+ with npm (DynamoDB)"
+            )
         return found
+
+    def _dynamodb_engine(self) -> str:
+        return self._engine or dynamodb_engine()
 
     # -- fetch ----------------------------------------------------------------------------------
     def _pom(self, service: str) -> str:
@@ -303,20 +355,35 @@ class Stack:
         )
 
     def fetched(self, service: str) -> bool:
+        if service in NPM_PACKAGES:
+            if self._dynamodb_engine() != "dynalite":
+                return True
+            stamp = self.cache / service / ".complete"
+            return (
+                stamp.exists()
+                and stamp.read_text() == NPM_PACKAGES[service]
+                and self.dynalite_cli().exists()
+            )
         if service not in MAVEN_DEPENDENCIES:
             return True
         stamp = self.lib_dir(service) / ".complete"
         return stamp.exists() and stamp.read_text() == self._pom_digest(service)
+
+    def dynalite_cli(self) -> Path:
+        return self.cache / "dynamodb" / "node_modules" / "dynalite" / "cli.js"
 
     def _pom_digest(self, service: str) -> str:
         return hashlib.sha256(self._pom(service).encode()).hexdigest()
 
     def fetch(self, service: str) -> None:
         """Download the service's artifacts once; a complete cache (same coordinates) is reused."""
-        if service == "dynamodb":
+        if service == "dynamodb" and self._dynamodb_engine() == "moto":
             self._check_moto()
             return
         if self.fetched(service):
+            return
+        if service in NPM_PACKAGES:
+            self._fetch_npm(service)
             return
         mvn = self._tool("mvn", self._mvn)
         base = self.cache / service
@@ -353,6 +420,34 @@ class Stack:
         self.echo(
             f"{service}: fetched {len(jars)} jars, {size:.0f} MB in {time.monotonic() - t0:.1f} s"
         )
+
+    def _fetch_npm(self, service: str) -> None:
+        npm = self._tool("npm", self._npm)
+        spec = NPM_PACKAGES[service]
+        base = self.cache / service
+        base.mkdir(parents=True, exist_ok=True)
+        (base / ".complete").unlink(missing_ok=True)
+        # A half-written tree from an interrupted install must not be mistaken for a good one.
+        shutil.rmtree(base / "node_modules", ignore_errors=True)
+        (base / "package-lock.json").unlink(missing_ok=True)
+        # A package.json of our own keeps npm from walking up to some unrelated project.
+        (base / "package.json").write_text(
+            json.dumps({"name": f"tradepulse-stack-{service}", "private": True}) + "\n"
+        )
+        self.echo(f"{service}: fetching {spec} from npm ...")
+        t0 = time.monotonic()
+        # --ignore-scripts: the only install script is classic-level's native build fallback,
+        # and it ships prebuilt binaries; the in-memory store (memory-level) is plain JS anyway.
+        cmd = [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", spec]
+        proc = subprocess.run(cmd, cwd=base, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not self.dynalite_cli().exists():
+            out = (proc.stdout + proc.stderr).strip().splitlines()[-25:]
+            raise StackError(
+                f"{service}: npm could not install {spec} (exit {proc.returncode}):\n"
+                + "\n".join(out)
+            )
+        (base / ".complete").write_text(spec)
+        self.echo(f"{service}: fetched {spec} in {time.monotonic() - t0:.1f} s")
 
     def _check_moto(self) -> None:
         # find_spec, not import: importing moto.server loads every mocked service (seconds).
@@ -493,7 +588,17 @@ class Stack:
         ep = self.endpoints([service])[service]
         self.service_dir(service).mkdir(parents=True, exist_ok=True)
         if service == "dynamodb":
-            return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(ep.port)]
+            if self._dynamodb_engine() == "moto":
+                return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(ep.port)]
+            launcher = self.service_dir(service) / "dynalite.js"
+            launcher.write_text(DYNALITE_LAUNCHER)
+            return [
+                self._tool("node", self._node),
+                str(launcher),
+                str(self.dynalite_cli().parent),
+                LOOPBACK,
+                str(ep.port),
+            ]
         java = self._tool("java", self._java)
         cp = str(self.lib_dir(service) / "*")
         small = ["-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]

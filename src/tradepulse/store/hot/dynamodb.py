@@ -51,7 +51,8 @@ ticker guarantees (a zombie writer could make an insert count as new twice, neve
 copies).
 
 Reads filter expired rows by ``ttl`` on every read: DynamoDB deletes expired items only within
-days, and moto not at all.
+days, and the local servers not at all (dynalite does not even implement UpdateTimeToLive: the
+store then logs one warning and goes on).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ _RESERVED = frozenset(
 )
 
 Item = dict[str, Any]
+# Endpoints already warned about lacking UpdateTimeToLive.
+_TTL_WARNED: set[str] = set()
+_TTL_WARNED_LOCK = threading.Lock()
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -367,9 +371,26 @@ class DynamoHotStore:
         for d in self._derived.values():
             if not d.in_latest:
                 specs.append((d.table, d.expires, d.spec.time_column is not None, True))
-        self._map(lambda spec: self._create(*spec), specs)
+        no_ttl = [name for name, ok in self._map(lambda spec: self._create(*spec), specs) if not ok]
+        endpoint = self.settings.dynamodb_endpoint or "AWS"
+        with _TTL_WARNED_LOCK:
+            warn = bool(no_ttl) and endpoint not in _TTL_WARNED
+            if warn:
+                _TTL_WARNED.add(endpoint)
+        if warn:
+            # Local servers such as dynalite implement DescribeTimeToLive but not the update.
+            # Nothing depends on the deletion: every read drops items past `ttl` itself, as
+            # DynamoDB deletes expired items only eventually (module docstring). Once per
+            # endpoint: every store of a process would say the same.
+            log.warning(
+                "DynamoDB at %s does not support UpdateTimeToLive: expired items stay stored "
+                "(reads skip them); first seen on %s",
+                endpoint,
+                ", ".join(no_ttl),
+            )
 
-    def _create(self, name: str, ttl: bool, time_index: bool, range_key: bool) -> None:
+    def _create(self, name: str, ttl: bool, time_index: bool, range_key: bool) -> tuple[str, bool]:
+        """Create the table if missing; return (name, False) when TTL could not be enabled."""
         c = self._client
         key_schema: list[Any] = [{"AttributeName": "pk", "KeyType": "HASH"}]
         attrs: list[Any] = [{"AttributeName": "pk", "AttributeType": "S"}]
@@ -412,9 +433,13 @@ class DynamoHotStore:
                         TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
                     )
                 except Exception as exc:
+                    code = _error_code(exc)
+                    if code == "UnknownOperationException":
+                        return name, False
                     # Two stores starting together race here; the loser finds TTL on.
-                    if _error_code(exc) != "ValidationException":
+                    if code != "ValidationException":
                         raise
+        return name, True
 
     # -- low-level batched I/O -------------------------------------------------------------
 
