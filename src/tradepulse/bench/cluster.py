@@ -47,7 +47,7 @@ import orjson
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from tradepulse.bench.collect import histogram_points, summarize
+from tradepulse.bench.collect import drain_seconds, histogram_points, summarize
 from tradepulse.bench.scenarios import Phase
 from tradepulse.cluster.summary import decode_histogram, new_histogram, read_summary
 from tradepulse.config import Settings, load_settings
@@ -805,23 +805,6 @@ def phase_figures(run: ClusterLive) -> list[dict[str, Any]]:
     return out
 
 
-def burst_drain_s(run: ClusterLive) -> float | None:
-    """Seconds after the burst until the backlog was back to normal (see run.drain_seconds)."""
-    names = [p.name for p in run.phases]
-    if "burst" not in names:
-        return None
-    i = names.index("burst")
-    burst_end = sum(p.seconds for p in run.phases[: i + 1])
-    base = run.phases[0].rate
-    sustained = sorted(s.lag for s in run.recorder.samples_in(0, run.phases[0].seconds))
-    p90 = sustained[int(0.9 * (len(sustained) - 1))] if sustained else 0
-    normal = max(0.1 * base, p90)
-    for s in run.recorder.samples:
-        if s.t >= burst_end and s.lag <= normal:
-            return round(s.t - burst_end, 2)
-    return None
-
-
 def exactness(run: ClusterLive) -> dict[str, Any]:
     truth_trades = int(sum(run.truth.get("valid_trades", {}).values()))
     truth_quotes = int(sum(run.truth.get("valid_quotes", {}).values()))
@@ -885,7 +868,7 @@ def live_figures(run: ClusterLive) -> dict[str, Any]:
         "lag_messages_max": max(
             (s.lag_messages for s in samples if s.lag_messages is not None), default=0
         ),
-        "burst_drain_s": burst_drain_s(run),
+        "burst_drain_s": drain_seconds(run.phases, run.recorder.samples),
         "machine_cpu_pct_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
         "processes": {name: w.figures() for name, w in r.watched.items()},
         "processors": {

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -224,6 +224,32 @@ class Recorder:
 
     def samples_in(self, lo: float, hi: float) -> list[Sample]:
         return [s for s in self.samples if lo <= s.t < hi]
+
+
+class LagSample(Protocol):
+    @property
+    def t(self) -> float: ...
+    @property
+    def lag(self) -> int: ...
+
+
+def drain_seconds(phases: Sequence[Phase], samples: Sequence[LagSample]) -> float | None:
+    """Seconds after the burst ended until lag was back to normal (None: no burst phase, or
+    it never drained). Normal = below a tenth of a second of base-rate events, or below the
+    90th percentile of lag during the sustained phase, whichever is larger."""
+    names = [p.name for p in phases]
+    if "burst" not in names:
+        return None
+    i = names.index("burst")
+    burst_end = sum(p.seconds for p in phases[: i + 1])
+    base = phases[0].rate
+    sustained = sorted(s.lag for s in samples if 0 <= s.t < phases[0].seconds)
+    p90 = sustained[int(0.9 * (len(sustained) - 1))] if sustained else 0
+    normal = max(0.1 * base, p90)
+    for s in samples:
+        if s.t >= burst_end and s.lag <= normal:
+            return round(s.t - burst_end, 2)
+    return None
 
 
 def lag_bounded(

@@ -495,6 +495,26 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+_LATENCY_KEYS = ("p50", "p90", "p99", "p99.9", "max")
+
+
+def _latency_cells(h: dict[str, Any]) -> list[Any]:
+    """A latency summary's percentile columns, in the order of the tables' headers."""
+    return [h.get(k) for k in _LATENCY_KEYS]
+
+
+def _whole_run_table(live: dict[str, Any]) -> str:
+    rows = [
+        [name, h.get("count"), *_latency_cells(h)]
+        for name, h in (
+            ("e2e latency", live["latency_ms"]),
+            ("store write (per batch)", live["store_write_ms"]),
+        )
+    ]
+    header = ["whole run", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"]
+    return _table(header, rows)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
@@ -569,11 +589,7 @@ def markdown(doc: dict[str, Any]) -> str:
                         p["seconds"],
                         p["offered_rate"],
                         p["committed_rate_mean"],
-                        p["latency_ms"].get("p50"),
-                        p["latency_ms"].get("p90"),
-                        p["latency_ms"].get("p99"),
-                        p["latency_ms"].get("p99.9"),
-                        p["latency_ms"].get("max"),
+                        *_latency_cells(p["latency_ms"]),
                         p["lag_max"],
                         p["lag_end"],
                         p["rss_max_mb"],
@@ -583,32 +599,9 @@ def markdown(doc: dict[str, Any]) -> str:
                 ],
             )
         )
-        lat, sw = live["latency_ms"], live["store_write_ms"]
         parts += [
             "",
-            _table(
-                ["whole run", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"],
-                [
-                    [
-                        "e2e latency",
-                        lat.get("count"),
-                        lat.get("p50"),
-                        lat.get("p90"),
-                        lat.get("p99"),
-                        lat.get("p99.9"),
-                        lat.get("max"),
-                    ],
-                    [
-                        "store write (per batch)",
-                        sw.get("count"),
-                        sw.get("p50"),
-                        sw.get("p90"),
-                        sw.get("p99"),
-                        sw.get("p99.9"),
-                        sw.get("max"),
-                    ],
-                ],
-            ),
+            _whole_run_table(live),
             "",
             f"Event-loop stalls (50 ms heartbeat, lateness): p99 "
             f"{_fmt(live['event_loop_stall_ms'].get('p99'))} ms, max "
@@ -831,11 +824,7 @@ def _cluster_sections(doc: dict[str, Any]) -> list[str]:
                         p["seconds"],
                         p["offered_rate"],
                         p["committed_rate_mean"],
-                        p["latency_ms"].get("p50"),
-                        p["latency_ms"].get("p90"),
-                        p["latency_ms"].get("p99"),
-                        p["latency_ms"].get("p99.9"),
-                        p["latency_ms"].get("max"),
+                        *_latency_cells(p["latency_ms"]),
                         p["lag_max"],
                         p["lag_end"],
                         p["lag_messages_max"],
@@ -845,27 +834,9 @@ def _cluster_sections(doc: dict[str, Any]) -> list[str]:
                 ],
             ),
         ]
-        lat, sw = live["latency_ms"], live["store_write_ms"]
         parts += [
             "",
-            _table(
-                ["whole run", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"],
-                [
-                    [
-                        name,
-                        h.get("count"),
-                        h.get("p50"),
-                        h.get("p90"),
-                        h.get("p99"),
-                        h.get("p99.9"),
-                        h.get("max"),
-                    ]
-                    for name, h in (
-                        ("e2e latency", lat),
-                        ("store write (per batch)", sw),
-                    )
-                ],
-            ),
+            _whole_run_table(live),
             "",
             f"Batches {live['batches']:,} (mean {live['mean_batch_events']} events); burst "
             f"drain {_fmt(live['burst_drain_s'])} s; machine CPU mean "
@@ -988,11 +959,7 @@ def _retrain_section(rt: dict[str, Any]) -> list[str]:
                 r["trades_flagged"],
                 r["events"],
                 r["exact"],
-                lat.get("p50"),
-                lat.get("p90"),
-                lat.get("p99"),
-                lat.get("p99.9"),
-                lat.get("max"),
+                *_latency_cells(lat),
                 proc.get("p99"),
                 proc.get("max"),
                 stall.get("p99"),

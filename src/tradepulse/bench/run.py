@@ -27,7 +27,13 @@ from typing import Any
 import orjson
 
 from tradepulse.bench import report, retrain
-from tradepulse.bench.collect import Recorder, histogram_points, lag_bounded, summarize
+from tradepulse.bench.collect import (
+    Recorder,
+    drain_seconds,
+    histogram_points,
+    lag_bounded,
+    summarize,
+)
 from tradepulse.bench.feed import record
 from tradepulse.bench.micro import (
     anomaly_costs,
@@ -241,25 +247,6 @@ def phase_figures(run: LiveRun) -> list[dict[str, Any]]:
     return out
 
 
-def drain_seconds(run: LiveRun) -> float | None:
-    """Seconds after the burst ended until lag was back to normal (None: no burst phase, or
-    it never drained). Normal = below a tenth of a second of base-rate events, or below the
-    90th percentile of lag during the sustained phase, whichever is larger."""
-    names = [p.name for p in run.phases]
-    if "burst" not in names:
-        return None
-    i = names.index("burst")
-    burst_end = sum(p.seconds for p in run.phases[: i + 1])
-    base = run.phases[0].rate
-    sustained = sorted(s.lag for s in run.recorder.samples_in(0, run.phases[0].seconds))
-    p90 = sustained[int(0.9 * (len(sustained) - 1))] if sustained else 0
-    normal = max(0.1 * base, p90)
-    for s in run.recorder.samples:
-        if s.t >= burst_end and s.lag <= normal:
-            return round(s.t - burst_end, 2)
-    return None
-
-
 def live_figures(run: LiveRun) -> dict[str, Any]:
     r = run.recorder
     samples = r.samples
@@ -277,7 +264,7 @@ def live_figures(run: LiveRun) -> dict[str, Any]:
         "mean_batch_events": round(r.events / r.batches, 1) if r.batches else 0,
         "max_batch_events": r.max_batch,
         "lag_max": max((s.lag for s in samples), default=0),
-        "burst_drain_s": drain_seconds(run),
+        "burst_drain_s": drain_seconds(run.phases, run.recorder.samples),
         "rss_mb_max": max(rss, default=None),
         "rss_mb_start": rss[0] if rss else None,
         "cpu_pct_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
