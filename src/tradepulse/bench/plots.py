@@ -18,6 +18,13 @@ def _phase_lines(ax: Any, phases: list[dict[str, Any]]) -> None:
         ax.axvline(p["start_s"], color="grey", linestyle=":", linewidth=1)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return path
+
+
 def write_plots(doc: dict[str, Any], out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     live = doc.get("live")
@@ -63,10 +70,7 @@ def _throughput_lag(live: dict[str, Any], path: Path) -> Path:
     for ax in (ax1, ax2):
         _phase_lines(ax, live["phases"])
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _latency(live: dict[str, Any], path: Path) -> Path:
@@ -97,10 +101,7 @@ def _latency(live: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("events")
     ax2.set_title("End-to-end latency histogram (whole run)")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _log_binned(hist: list[Any], edges: Any) -> Any:
@@ -136,10 +137,7 @@ def _retrain(rt: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("events" if key == "latency_histogram" else "batches")
         ax.set_title(f"{title}, retraining on vs off")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _resources(live: dict[str, Any], path: Path) -> Path:
@@ -154,10 +152,7 @@ def _resources(live: dict[str, Any], path: Path) -> Path:
     ax1.set_xlabel("seconds since start")
     ax1.set_title("Process RSS and CPU")
     _phase_lines(ax1, live["phases"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _max(mx: dict[str, Any], path: Path) -> Path:
@@ -174,10 +169,7 @@ def _max(mx: dict[str, Any], path: Path) -> Path:
     ax.set_title("Rate steps (max search)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _process_resources(live: dict[str, Any], path: Path) -> Path:
@@ -198,10 +190,7 @@ def _process_resources(live: dict[str, Any], path: Path) -> Path:
     for ax in (ax1, ax2):
         _phase_lines(ax, live["phases"])
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _engines(doc: dict[str, Any], path: Path) -> Path:
@@ -232,7 +221,4 @@ def _engines(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title("Engines alone vs the cluster")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
